@@ -1,0 +1,394 @@
+"""TRVAEModel: the user-facing trVAE model on scvi-tools."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+from scvi.utils import setup_anndata_dsp
+from scvi.utils._docstrings import devices_dsp
+
+from ._callbacks import RestoreBestWeights
+from ._data_splitter import ConditionBalancedDataSplitter
+from ._module import Dispersion, Likelihood, TRVAEModule
+from ._validation import check_expression
+
+logger = logging.getLogger(__name__)
+
+
+class TRVAEModel(VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """trVAE: predict how cells respond to a condition they were never observed in.
+
+    A conditional VAE on raw counts with an MMD penalty between conditions on the first decoder
+    layer ``y`` (Lotfollahi et al., Bioinformatics 2020). Encode cells with their own condition,
+    decode them with another one: :meth:`predict`.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_hidden, n_latent, n_layers, dropout_rate, likelihood, dispersion, mmd_weight, \
+kernel_bandwidths, kl_weight
+        See :class:`~sctrvae.TRVAEModule`.
+    **module_kwargs
+        Further keyword arguments of :class:`~sctrvae.TRVAEModule`.
+
+    Examples
+    --------
+    >>> sctrvae.TRVAEModel.setup_anndata(adata, condition_key="condition")
+    >>> model = sctrvae.TRVAEModel(adata)
+    >>> model.train()
+    >>> pred = model.predict(adata[ctrl_cells], target_condition="stimulated")
+    """
+
+    _module_cls = TRVAEModule
+    _data_splitter_cls = ConditionBalancedDataSplitter
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        likelihood: Likelihood = "nb",
+        dispersion: Dispersion = "gene",
+        mmd_weight: float = 100.0,
+        kernel_bandwidths: str | Sequence[float] = "auto",
+        kl_weight: float = 1.0,
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        n_conditions = self.summary_stats.n_batch
+        if n_conditions < 2 and mmd_weight > 0:
+            raise ValueError(
+                f"The condition column has {n_conditions} category; the MMD needs at least two "
+                "conditions (or set mmd_weight=0 for a plain VAE)."
+            )
+        check_expression(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), likelihood, self._x_name
+        )
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_conditions=n_conditions,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            likelihood=likelihood,
+            dispersion=dispersion,
+            mmd_weight=mmd_weight,
+            kernel_bandwidths=kernel_bandwidths,
+            kl_weight=kl_weight,
+            **module_kwargs,
+        )
+        self._model_summary_string = (
+            f"TRVAEModel: {n_conditions} conditions, n_latent={n_latent}, n_hidden={n_hidden}, "
+            f"n_layers={n_layers}, likelihood={likelihood}, dispersion={dispersion}, "
+            f"mmd_weight={mmd_weight}, kernel_bandwidths={kernel_bandwidths}."
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def _x_name(self) -> str:
+        layer = self.adata_manager.data_registry[REGISTRY_KEYS.X_KEY].attr_key
+        return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+    @property
+    def conditions(self) -> list[str]:
+        """Condition categories seen in training, in code order."""
+        mapping = self.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        return [str(c) for c in mapping]
+
+    @property
+    def condition_key(self) -> str:
+        """The ``adata.obs`` column holding the condition."""
+        return self.get_state_registry(REGISTRY_KEYS.BATCH_KEY).original_key
+
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: ad.AnnData,
+        condition_key: str,
+        layer: str | None = None,
+        **kwargs,
+    ) -> None:
+        """%(summary)s.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        condition_key
+            Column of ``adata.obs`` with the condition (e.g. control / stimulated); two or more
+            categories.
+        layer
+            Layer with raw counts; ``None`` uses ``adata.X``.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if condition_key not in adata.obs:
+            raise KeyError(
+                f"condition_key {condition_key!r} is not a column of adata.obs "
+                f"(columns: {list(adata.obs.columns)})."
+            )
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, condition_key),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @devices_dsp.dedent
+    def train(
+        self,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 25,
+        min_cells_per_condition: int = 8,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the model on condition-balanced minibatches.
+
+        Parameters
+        ----------
+        max_epochs
+            Default: scvi-tools' heuristic (400 epochs up to 20k cells, fewer above).
+        %(param_accelerator)s
+        %(param_devices)s
+        train_size, validation_size
+            Fractions of cells for training and validation (default 0.9 / 0.1).
+        batch_size
+            Cells per minibatch (per process under DDP).
+        early_stopping
+            Stop when ``validation_loss`` (ELBO terms + weighted MMD) has not improved for
+            ``early_stopping_patience`` epochs after the KL warm-up, and restore the weights of
+            the best epoch. Disabled by scvi-tools under DDP.
+        min_cells_per_condition
+            Floor of cells of each condition in every minibatch (small conditions are resampled).
+        plan_kwargs
+            Keyword arguments of :class:`~scvi.train.TrainingPlan`. The KL warm-up defaults to
+            the first quarter of ``max_epochs``.
+        datasplitter_kwargs
+            Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`.
+        **trainer_kwargs
+            Keyword arguments of :class:`~scvi.train.Trainer` (``strategy``,
+            ``gradient_clip_val``, ``enable_progress_bar``, ...).
+        """
+        max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
+        plan_kwargs = dict(plan_kwargs or {})
+        if "n_steps_kl_warmup" not in plan_kwargs:
+            plan_kwargs.setdefault("n_epochs_kl_warmup", max(1, max_epochs // 4))
+        datasplitter_kwargs = {
+            "min_cells_per_condition": min_cells_per_condition,
+            **(datasplitter_kwargs or {}),
+        }
+        if early_stopping:
+            warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
+            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+            trainer_kwargs.setdefault("early_stopping_warmup_epochs", warmup)
+            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+            callbacks.append(RestoreBestWeights(trainer_kwargs["early_stopping_monitor"]))
+            trainer_kwargs["callbacks"] = callbacks
+        return super().train(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=datasplitter_kwargs,
+            **trainer_kwargs,
+        )
+
+    def _condition_code(self, condition: str) -> int:
+        if str(condition) not in self.conditions:
+            raise ValueError(
+                f"Unknown condition {condition!r}; the model was trained on {self.conditions}."
+            )
+        return self.conditions.index(str(condition))
+
+    def _prepare(
+        self, adata: ad.AnnData | None, indices: Sequence[int] | None, key_added: str | None
+    ) -> tuple[ad.AnnData, np.ndarray, np.ndarray]:
+        """Validated AnnData, the indices to return, and the indices to compute."""
+        adata = self._validate_anndata(adata)
+        selected = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        if selected.dtype == bool:
+            selected = np.flatnonzero(selected)
+        if selected.size == 0:
+            raise ValueError("`indices` is empty: select at least one cell.")
+        # results written to `adata` must cover every cell, so compute them all then
+        computed = np.arange(adata.n_obs) if key_added is not None else selected
+        return adata, selected, computed
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        representation: Literal["z", "y"] = "z",
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        key_added: str | None = None,
+    ) -> np.ndarray:
+        """Latent ``z`` (posterior mean) or the MMD layer ``y`` of each cell.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes; default: the model's.
+        indices
+            Cells to return; default all.
+        representation
+            ``"z"``: the latent space. ``"y"``: first decoder layer under the cell's own
+            condition, where the MMD aligns the conditions.
+        give_mean
+            Posterior mean of ``z`` (deterministic) or one sample.
+        batch_size
+            Cells per forward pass (memory stays flat in the number of cells).
+        key_added
+            Also write the result for all cells of ``adata`` to ``adata.obsm[key_added]``.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)`` or ``(n_cells, n_hidden)``.
+        """
+        if representation not in ("z", "y"):
+            raise ValueError(f"representation must be 'z' or 'y', got {representation!r}.")
+        self._check_if_trained(warn=False)
+        adata, selected, computed = self._prepare(adata, indices, key_added)
+        self.module.eval()
+        chunks = []
+        for tensors in self._make_data_loader(adata, indices=computed, batch_size=batch_size):
+            inference = self.module.inference(**self.module._get_inference_input(tensors))
+            z = inference["qz"].loc if give_mean else inference["z"]
+            if representation == "y":
+                condition = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
+                z = self.module.generative(z, condition, inference["library"])["y"]
+            chunks.append(z.cpu().numpy())
+        result = np.concatenate(chunks)
+        if key_added is not None:
+            adata.obsm[key_added] = result
+            return result[selected]
+        return result
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        target_condition: str | None = None,
+        n_samples: int = 0,
+        library_size: Literal["observed"] | float = "observed",
+        batch_size: int | None = None,
+        key_added: str | None = None,
+    ) -> ad.AnnData:
+        """Counterfactual expression: encode with each cell's condition, decode with the target.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes (e.g. only the control cells of one cell type);
+            default: the model's.
+        indices
+            Cells to predict; default all.
+        target_condition
+            Condition to transfer the cells to; one of :attr:`conditions`.
+        n_samples
+            ``0``: posterior mean of ``z`` and the likelihood mean (deterministic).
+            ``k > 0``: ``k`` draws of ``z`` and of the negative binomial per cell: realistic
+            counts with cell-to-cell variance. The draws are stacked (``k × n_cells`` rows,
+            draw number in ``obs["sctrvae_draw"]``).
+        library_size
+            ``"observed"``: each cell's own total count; a number: the same total for every cell.
+        batch_size
+            Cells per forward pass.
+        key_added
+            Also write ``.X`` of the prediction for all cells of ``adata`` to
+            ``adata.layers[key_added]`` (the mean of the draws when ``n_samples > 1``).
+
+        Returns
+        -------
+        AnnData with the same ``var``, ``obs`` copied and ``obs[condition_key]`` set to the target;
+        ``.X``: predicted expected counts (or sampled counts); ``.layers["normalized"]``: predicted
+        proportions, each row summing to 1 (count likelihoods only).
+        """
+        if target_condition is None:
+            raise ValueError(f"Pass target_condition, one of {self.conditions}.")
+        target = self._condition_code(target_condition)
+        if n_samples < 0:
+            raise ValueError("n_samples must be 0 (deterministic mean) or a positive integer.")
+        if library_size != "observed" and not (
+            isinstance(library_size, int | float) and library_size > 0
+        ):
+            raise ValueError("library_size must be 'observed' or a positive number.")
+        self._check_if_trained(warn=False)
+        adata, selected, computed = self._prepare(adata, indices, key_added)
+        self.module.eval()
+        outputs: dict[str, list[np.ndarray]] = {}
+        for tensors in self._make_data_loader(adata, indices=computed, batch_size=batch_size):
+            library = None
+            if library_size != "observed":
+                n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
+                library = torch.full((n, 1), float(library_size))
+            out = self.module.transfer(tensors, target, n_samples=n_samples, library=library)
+            for key, value in out.items():
+                outputs.setdefault(key, []).append(value.cpu().numpy().astype(np.float32))
+        axis = 1 if n_samples > 0 else 0
+        arrays = {key: np.concatenate(chunks, axis=axis) for key, chunks in outputs.items()}
+        if key_added is not None:
+            expression = arrays["expression"]
+            adata.layers[key_added] = expression.mean(0) if n_samples > 0 else expression
+            position = np.searchsorted(computed, selected)
+            arrays = {k: v[..., position, :] for k, v in arrays.items()}
+        return self._prediction_anndata(adata, selected, arrays, target_condition, n_samples)
+
+    def _prediction_anndata(
+        self,
+        adata: ad.AnnData,
+        selected: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        target_condition: str,
+        n_samples: int,
+    ) -> ad.AnnData:
+        obs = adata.obs.iloc[selected].copy()
+        draws = max(n_samples, 1)
+        if n_samples > 0:
+            obs = pd.concat([obs] * draws)
+            obs["sctrvae_draw"] = np.repeat(np.arange(draws), selected.size)
+            obs.index = [f"{name}-{d}" for name, d in zip(obs.index, obs["sctrvae_draw"], strict=True)]
+        obs[self.condition_key] = pd.Categorical(
+            [str(target_condition)] * obs.shape[0], categories=self.conditions
+        )
+        obs = obs.drop(columns=[c for c in obs.columns if c.startswith("_scvi")])
+        n_genes = adata.n_vars
+        layers = {
+            k: v.reshape(-1, n_genes) for k, v in arrays.items() if k == "normalized"
+        }
+        return ad.AnnData(
+            X=arrays["expression"].reshape(-1, n_genes),
+            obs=obs,
+            var=adata.var.copy(),
+            layers=layers,
+        )

@@ -1,0 +1,102 @@
+"""A minibatch sampler that puts every condition into every batch, on one process or under DDP."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+class ConditionBalancedSampler(Sampler[list[int]]):
+    """Stratified minibatches: each batch holds every condition, in proportion to its size.
+
+    Each condition's cells are shuffled and dealt out evenly over the epoch's batches, so a batch
+    mirrors the data's condition mix and no condition is ever missing (which would silently zero
+    its MMD terms). A condition too small to give every batch ``min_cells_per_condition`` cells is
+    resampled with replacement up to that floor.
+
+    Under DDP each rank takes a disjoint, interleaved slice of every condition, and all ranks
+    yield the same number of batches (required for the collective all-reduce to line up).
+
+    Parameters
+    ----------
+    conditions
+        Integer condition code of each position of the dataset (positions, not AnnData indices).
+    batch_size
+        Cells per batch on each rank.
+    shuffle
+        Reshuffle every epoch (training); ``False`` gives fixed, still stratified batches.
+    drop_last
+        Round the number of batches down instead of up; every cell is still used each epoch,
+        in fewer, slightly larger batches.
+    min_cells_per_condition
+        Floor of cells per condition per batch (at most ``batch_size // n_conditions``).
+    num_replicas, rank
+        DDP world size and rank; read from :mod:`torch.distributed` when it is initialised.
+    seed
+        Base seed; every rank must use the same one so that the slices are disjoint.
+    """
+
+    def __init__(
+        self,
+        conditions: np.ndarray,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        min_cells_per_condition: int = 8,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ):
+        conditions = np.asarray(conditions).reshape(-1)
+        if conditions.size == 0:
+            raise ValueError("Cannot sample batches from an empty set of cells.")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive.")
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is outside [0, {self.num_replicas}).")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        codes = np.unique(conditions)
+        self.groups = [np.flatnonzero(conditions == c) for c in codes]
+        self.floor = max(1, min(min_cells_per_condition, batch_size // len(codes)))
+        per_rank = math.ceil(conditions.size / self.num_replicas)
+        rounding = math.floor if drop_last else math.ceil
+        self.n_batches = max(1, rounding(per_rank / batch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch so that shuffles differ between epochs."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def _rank_share(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """This rank's cells of one (ordered) condition, at least ``floor`` per batch."""
+        share = order[self.rank :: self.num_replicas]
+        if share.size == 0:  # fewer cells than ranks: borrow from the whole condition
+            share = order
+        needed = self.floor * self.n_batches
+        if share.size < needed:
+            extra = rng.choice(share, size=needed - share.size, replace=True)
+            share = np.concatenate([share, extra])
+        return share
+
+    def __iter__(self):
+        # one shared stream orders the cells identically on every rank, so that the rank slices
+        # partition each condition; a rank-specific stream does the rest
+        shared = np.random.default_rng([self.seed, self.epoch])
+        local = np.random.default_rng([self.seed, self.epoch, self.rank])
+        self.epoch += 1
+        orders = [shared.permutation(g) if self.shuffle else g for g in self.groups]
+        pieces = [np.array_split(self._rank_share(o, local), self.n_batches) for o in orders]
+        for b in range(self.n_batches):
+            batch = np.concatenate([piece[b] for piece in pieces])
+            yield (local.permutation(batch) if self.shuffle else batch).tolist()

@@ -1,0 +1,6 @@
+"""Data: a count simulator with known responses, and public data loaders."""
+
+from ._kang2018 import kang2018
+from ._simulate import simulate
+
+__all__ = ["kang2018", "simulate"]

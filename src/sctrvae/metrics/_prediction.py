@@ -1,0 +1,94 @@
+"""How close a predicted population is to the real one (the leave-one-out protocol's scores)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+
+#: Total counts each cell is scaled to before ``log1p``.
+TARGET_SUM = 1e4
+
+
+def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+    """Dense ``log1p(x / row total × 1e4)`` of ``adata.X`` or a layer (counts or proportions)."""
+    x = adata.X if layer is None else adata.layers[layer]
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    x = x.astype(np.float64)
+    totals = x.sum(1, keepdims=True)
+    return np.log1p(x / np.where(totals > 0, totals, 1.0) * TARGET_SUM)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a**2).sum() * (b**2).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def top_degs(
+    real_target: ad.AnnData, real_source: ad.AnnData, n_genes: int = 100
+) -> np.ndarray:
+    """Top ``n_genes`` genes by Wilcoxon score, target vs source (real cells), as var names."""
+    both = ad.AnnData(
+        X=np.vstack([log_normalized(real_target), log_normalized(real_source)]),
+        obs={"group": ["target"] * real_target.n_obs + ["source"] * real_source.n_obs},
+        var=real_target.var[[]],
+    )
+    both.obs["group"] = both.obs["group"].astype("category")
+    sc.tl.rank_genes_groups(
+        both, "group", groups=["target"], reference="source", method="wilcoxon", n_genes=n_genes
+    )
+    return np.asarray(both.uns["rank_genes_groups"]["names"]["target"][:n_genes]).astype(str)
+
+
+def score_prediction(
+    predicted: ad.AnnData,
+    real_target: ad.AnnData,
+    real_source: ad.AnnData,
+    degs: np.ndarray | None = None,
+    n_degs: int = 100,
+    predicted_layer: str | None = None,
+) -> dict[str, float]:
+    """Score a predicted population against the real target cells.
+
+    All three AnnData objects must share ``var_names``; real cells hold counts in ``X``.
+
+    Parameters
+    ----------
+    predicted
+        Prediction, e.g. the output of :meth:`~sctrvae.TRVAEModel.predict`.
+    real_target, real_source
+        Real cells in the target and the source condition.
+    degs
+        Genes for the ``*_deg`` scores; default the top ``n_degs`` Wilcoxon genes.
+    predicted_layer
+        Layer of ``predicted`` to read (``"normalized"`` for predicted proportions); default
+        ``X`` (counts, e.g. NB draws).
+
+    Returns
+    -------
+    ``r2_mean_all``, ``r2_var_all``, ``r2_mean_deg``, ``r2_var_deg`` (squared Pearson of per-gene
+    means / variances), ``pearson_delta_all``, ``pearson_delta_deg`` (Pearson of predicted vs
+    real change from the source mean).
+    """
+    if not (
+        predicted.var_names.equals(real_target.var_names)
+        and real_source.var_names.equals(real_target.var_names)
+    ):
+        raise ValueError("predicted, real_target and real_source must have the same var_names.")
+    if degs is None:
+        degs = top_degs(real_target, real_source, n_degs)
+    deg_mask = real_target.var_names.isin(degs)
+    pred = log_normalized(predicted, predicted_layer)
+    real = log_normalized(real_target)
+    source = log_normalized(real_source)
+    source_mean = source.mean(0)
+    scores = {}
+    for name, genes in (("all", slice(None)), ("deg", deg_mask)):
+        pm, rm = pred.mean(0)[genes], real.mean(0)[genes]
+        pv, rv = pred.var(0)[genes], real.var(0)[genes]
+        scores[f"r2_mean_{name}"] = _pearson(pm, rm) ** 2
+        scores[f"r2_var_{name}"] = _pearson(pv, rv) ** 2
+        scores[f"pearson_delta_{name}"] = _pearson(pm - source_mean[genes], rm - source_mean[genes])
+    return scores

@@ -1,0 +1,5 @@
+"""Plots of predictions against real cells, in scanpy's style (``ax=``, ``show=``, ``save=``)."""
+
+from ._regression import reg_mean_plot, reg_var_plot
+
+__all__ = ["reg_mean_plot", "reg_var_plot"]

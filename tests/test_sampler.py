@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from sctrvae import ConditionBalancedSampler
+
+
+def codes(sizes):
+    return np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+
+
+def test_every_batch_holds_every_condition_and_each_cell_is_used_once():
+    conditions = codes([500, 300, 40])
+    sampler = ConditionBalancedSampler(conditions, batch_size=64, min_cells_per_condition=2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == int(np.ceil(840 / 64))
+    for batch in batches:
+        assert set(conditions[batch]) == {0, 1, 2}
+        assert (np.bincount(conditions[batch], minlength=3) >= 2).all()
+    flat = np.concatenate(batches)
+    assert np.array_equal(np.sort(flat), np.arange(conditions.size))
+
+
+def test_batches_mirror_the_condition_mix():
+    conditions = codes([600, 200])
+    for batch in ConditionBalancedSampler(conditions, batch_size=100, min_cells_per_condition=2):
+        counts = np.bincount(conditions[batch])
+        assert counts[0] == 75 and counts[1] == 25
+
+
+def test_small_conditions_are_resampled_up_to_the_floor():
+    conditions = codes([1000, 10])
+    sampler = ConditionBalancedSampler(conditions, batch_size=100, min_cells_per_condition=8)
+    for batch in sampler:
+        assert (conditions[batch] == 1).sum() >= 8
+
+
+def test_shuffles_change_between_epochs_and_follow_the_seed():
+    conditions = codes([100, 100])
+    first = ConditionBalancedSampler(conditions, batch_size=50, seed=3)
+    second = ConditionBalancedSampler(conditions, batch_size=50, seed=3)
+    epoch0, epoch1 = list(first), list(first)
+    assert epoch0 != epoch1
+    assert list(second) == epoch0
+    fixed = ConditionBalancedSampler(conditions, batch_size=50, shuffle=False)
+    assert list(fixed) == list(fixed)
+
+
+def test_ddp_ranks_get_disjoint_balanced_shards_of_equal_length():
+    conditions = codes([701, 333, 57])
+    ranks = [
+        ConditionBalancedSampler(conditions, batch_size=32, num_replicas=2, rank=r, seed=5)
+        for r in range(2)
+    ]
+    batches = [list(s) for s in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0])
+    cells = [set(np.concatenate(b)) for b in batches]
+    assert cells[0].isdisjoint(cells[1])
+    assert cells[0] | cells[1] == set(range(conditions.size))
+    for rank_batches in batches:
+        for batch in rank_batches:
+            assert set(conditions[batch]) == {0, 1, 2}
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="empty"):
+        ConditionBalancedSampler(np.array([]))
+    with pytest.raises(ValueError, match="rank"):
+        ConditionBalancedSampler(codes([5, 5]), num_replicas=2, rank=2)
