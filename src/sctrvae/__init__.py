@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, metrics, pl
+from . import benchmark, datasets, metrics, pl
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
 from ._mmd import mmd, pairwise_condition_mmd
 from ._model import TRVAEModel
@@ -21,6 +21,7 @@ __all__ = [
     "TRVAEModel",
     "TRVAEModule",
     "__version__",
+    "benchmark",
     "datasets",
     "metrics",
     "mmd",

@@ -79,15 +79,23 @@ def score_prediction(
         raise ValueError("predicted, real_target and real_source must have the same var_names.")
     if degs is None:
         degs = top_degs(real_target, real_source, n_degs)
-    deg_mask = real_target.var_names.isin(degs)
-    pred = log_normalized(predicted, predicted_layer)
-    real = log_normalized(real_target)
-    source = log_normalized(real_source)
-    source_mean = source.mean(0)
+    return score_log_expression(
+        log_normalized(predicted, predicted_layer),
+        log_normalized(real_target),
+        log_normalized(real_source),
+        real_target.var_names.isin(degs),
+    )
+
+
+def score_log_expression(
+    predicted: np.ndarray, real_target: np.ndarray, real_source: np.ndarray, deg_mask: np.ndarray
+) -> dict[str, float]:
+    """:func:`score_prediction` on matrices already in log-normalised space (cells × genes)."""
+    source_mean = real_source.mean(0)
     scores = {}
-    for name, genes in (("all", slice(None)), ("deg", deg_mask)):
-        pm, rm = pred.mean(0)[genes], real.mean(0)[genes]
-        pv, rv = pred.var(0)[genes], real.var(0)[genes]
+    for name, genes in (("all", slice(None)), ("deg", np.asarray(deg_mask, dtype=bool))):
+        pm, rm = predicted.mean(0)[genes], real_target.mean(0)[genes]
+        pv, rv = predicted.var(0)[genes], real_target.var(0)[genes]
         scores[f"r2_mean_{name}"] = _pearson(pm, rm) ** 2
         scores[f"r2_var_{name}"] = _pearson(pv, rv) ** 2
         scores[f"pearson_delta_{name}"] = _pearson(pm - source_mean[genes], rm - source_mean[genes])

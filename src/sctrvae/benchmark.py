@@ -1,0 +1,197 @@
+"""Leave-one-group-out evaluation of condition transfer, with reference rows on the same folds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scvi
+
+from ._model import TRVAEModel
+from .metrics import log_normalized, score_log_expression, top_degs
+
+#: Reference rows :func:`leave_one_out` can add to each fold.
+REFERENCES = ("ceiling", "identity", "mean_shift", "cvae")
+
+
+class PeakRSS:
+    """Context manager sampling this process's resident memory; ``.peak_mb`` after exit."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current_mb() -> float:
+        """Resident set size now, in MiB (Linux ``/proc``; 0 where unavailable)."""
+        status = Path("/proc/self/status")
+        if not status.exists():
+            return 0.0
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak_mb = self.current_mb()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.current_mb())
+
+
+def _model_rows(
+    method: str,
+    train: ad.AnnData,
+    source: ad.AnnData,
+    condition_key: str,
+    target: str,
+    scores_of,
+    model_kwargs: dict,
+    train_kwargs: dict,
+    n_samples: int,
+) -> list[dict]:
+    with PeakRSS() as memory:
+        TRVAEModel.setup_anndata(train, condition_key=condition_key)
+        model = TRVAEModel(train, **model_kwargs)
+        start = time.perf_counter()
+        model.train(**{"enable_progress_bar": False, **train_kwargs})
+        seconds = time.perf_counter() - start
+        mean = model.predict(source, target_condition=target)
+        drawn = model.predict(source, target_condition=target, n_samples=n_samples)
+    extra = {
+        "train_seconds": seconds,
+        "epochs": len(model.history["elbo_train"]),
+        "peak_rss_mb": memory.peak_mb,
+    }
+    return [
+        {"method": method, "readout": "mean", **scores_of(log_normalized(mean, "normalized")), **extra},
+        {"method": method, "readout": "sampled", **scores_of(log_normalized(drawn)), **extra},
+    ]
+
+
+def leave_one_out(
+    adata: ad.AnnData,
+    condition_key: str,
+    group_key: str,
+    source: str,
+    target: str,
+    groups: Sequence[str] | None = None,
+    model_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+    references: Sequence[str] = REFERENCES,
+    n_degs: int = 100,
+    n_samples: int = 1,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Hold out each group's target-condition cells in turn, predict them, score the prediction.
+
+    For each group ``g``: train on all cells except those of ``g`` in ``target``, predict them
+    from the cells of ``g`` in ``source``, and score against the real ones with
+    :func:`~sctrvae.metrics.score_log_expression` over all genes and the top ``n_degs`` DEGs of
+    ``g`` (Wilcoxon, real target vs source).
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X``.
+    condition_key, group_key
+        ``obs`` columns of the condition and of the group (cell type) to hold out.
+    source, target
+        Conditions to transfer from and to.
+    groups
+        Groups to hold out (default: every group with cells in both conditions).
+    model_kwargs, train_kwargs
+        Passed to :class:`~sctrvae.TRVAEModel` and its ``train``.
+    references
+        Any of ``"ceiling"`` (a random half of the real target cells scored against the other
+        half), ``"identity"`` (the source cells unchanged), ``"mean_shift"`` (source cells plus
+        the average change of the other groups, in log space) and ``"cvae"`` (the same model
+        with ``mmd_weight=0``).
+    n_degs
+        Number of DEGs for the ``*_deg`` scores.
+    n_samples
+        NB draws per source cell for the ``"sampled"`` readout.
+    seed
+        ``scvi.settings.seed`` before each model, and the seed of the ceiling's split.
+
+    Returns
+    -------
+    One row per (group, method, readout): ``readout`` is ``"mean"`` (predicted proportions,
+    deterministic), ``"sampled"`` (NB draws normalised like real cells) or ``"cells"`` (the
+    references built from real cells); the six scores, and for models ``train_seconds``,
+    ``epochs`` and ``peak_rss_mb``.
+    """
+    unknown = set(references) - set(REFERENCES)
+    if unknown:
+        raise ValueError(f"Unknown references {sorted(unknown)}; choose from {REFERENCES}.")
+    model_kwargs, train_kwargs = dict(model_kwargs or {}), dict(train_kwargs or {})
+    cond = adata.obs[condition_key].astype(str).to_numpy()
+    group = adata.obs[group_key].astype(str).to_numpy()
+    if groups is None:
+        groups = [g for g in pd.unique(group) if {source, target} <= set(cond[group == g])]
+    lognorm = log_normalized(adata)
+    group_delta = {
+        g: lognorm[(group == g) & (cond == target)].mean(0)
+        - lognorm[(group == g) & (cond == source)].mean(0)
+        for g in pd.unique(group)
+        if {source, target} <= set(cond[group == g])
+    }
+    rows = []
+    for g in groups:
+        is_source, is_target = (group == g) & (cond == source), (group == g) & (cond == target)
+        if not is_source.any() or not is_target.any():
+            raise ValueError(f"Group {g!r} has no cells in {source!r} or in {target!r}.")
+        source_cells, real = adata[is_source].copy(), adata[is_target].copy()
+        degs = top_degs(real, source_cells, n_degs)
+        deg_mask = adata.var_names.isin(degs)
+        real_lognorm, source_lognorm = lognorm[is_target], lognorm[is_source]
+
+        def scores_of(pred, real_lognorm=real_lognorm, source_lognorm=source_lognorm,
+                      deg_mask=deg_mask):
+            return score_log_expression(pred, real_lognorm, source_lognorm, deg_mask)
+
+        fold = []
+        for method in ("trvae", "cvae"):
+            if method == "cvae" and "cvae" not in references:
+                continue
+            kwargs = {**model_kwargs, "mmd_weight": 0.0} if method == "cvae" else model_kwargs
+            scvi.settings.seed = seed
+            fold += _model_rows(
+                method, adata[~is_target].copy(), source_cells, condition_key, target,
+                scores_of, kwargs, train_kwargs, n_samples,
+            )
+        if "ceiling" in references:
+            order = np.random.default_rng(seed).permutation(real_lognorm.shape[0])
+            half = order.size // 2
+            fold.append({
+                "method": "ceiling",
+                "readout": "cells",
+                **score_log_expression(
+                    real_lognorm[order[:half]], real_lognorm[order[half:]], source_lognorm, deg_mask
+                ),
+            })
+        if "identity" in references:
+            fold.append({"method": "identity", "readout": "cells", **scores_of(source_lognorm)})
+        if "mean_shift" in references:
+            others = [d for h, d in group_delta.items() if h != g]
+            shifted = np.clip(source_lognorm + np.mean(others, axis=0), 0.0, None)
+            fold.append({"method": "mean_shift", "readout": "cells", **scores_of(shifted)})
+        rows += [{"group": g, "n_source": int(is_source.sum()), "n_target": int(is_target.sum()),
+                  **row} for row in fold]
+    return pd.DataFrame(rows)
