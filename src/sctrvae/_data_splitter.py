@@ -65,7 +65,17 @@ class ConditionBalancedDataLoader(AnnDataLoader):
 class ConditionBalancedDataSplitter(DataSplitter):
     """:class:`~scvi.dataloaders.DataSplitter` with :class:`ConditionBalancedDataLoader` loaders.
 
-    Validation batches are balanced too, so that the logged validation MMD is comparable.
+    Validation batches are balanced too, so that the logged validation MMD is comparable. The
+    train/validation split is drawn once, when the splitter is built: processes spawned for DDP
+    then share it even without ``scvi.settings.seed`` (each would otherwise draw its own, and the
+    ranks' shards would overlap).
     """
 
     data_loader_cls = ConditionBalancedDataLoader
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        super().setup()
+
+    def setup(self, stage: str | None = None):
+        """Keep the split drawn at construction."""

@@ -13,7 +13,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
-from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model._utils import get_max_epochs_heuristic, use_distributed_sampler
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.utils import setup_anndata_dsp
 from scvi.utils._docstrings import devices_dsp
@@ -21,6 +21,7 @@ from scvi.utils._docstrings import devices_dsp
 from ._callbacks import RestoreBestWeights
 from ._data_splitter import ConditionBalancedDataSplitter
 from ._module import Dispersion, Likelihood, TRVAEModule
+from ._training_plan import TRVAETrainingPlan
 from ._validation import check_expression
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ kernel_bandwidths, kl_weight
 
     _module_cls = TRVAEModule
     _data_splitter_cls = ConditionBalancedDataSplitter
+    _training_plan_cls = TRVAETrainingPlan
 
     def __init__(
         self,
@@ -200,6 +202,10 @@ kernel_bandwidths, kl_weight
             "min_cells_per_condition": min_cells_per_condition,
             **(datasplitter_kwargs or {}),
         }
+        if use_distributed_sampler(trainer_kwargs.get("strategy")):
+            # our sampler shards by rank itself; Lightning would otherwise wrap it and split its
+            # (already per-rank) batches again
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
         if early_stopping:
             warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
