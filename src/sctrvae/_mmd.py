@@ -43,7 +43,7 @@ def resolve_bandwidths(d2: torch.Tensor, bandwidths: str | Sequence[float]) -> t
 
 
 def multiscale_rbf_kernel(d2: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Average over bandwidths of ``exp(-d2 / (2σ))`` (averaged, not summed, so weights carry over)."""
+    """Mean over bandwidths of ``exp(-d2 / (2σ))``: averaged, not summed, so weights carry over."""
     return torch.exp(-d2.unsqueeze(0) / (2 * sigma.view(-1, 1, 1))).mean(0)
 
 
