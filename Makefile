@@ -47,4 +47,4 @@ docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache docs/_build docs/generated docs/jupyter_execute
+	rm -rf $(VENV) $(OUT) .pytest_cache docs/_build docs/generated
