@@ -27,7 +27,9 @@ def test_simulate_is_seeded_and_chunking_does_not_change_the_design():
     c = sctrvae.datasets.simulate(n_cells=300, n_genes=40, seed=7, chunk_size=64)
     assert (a.X != b.X).nnz == 0
     assert a.obs.equals(c.obs)
-    np.testing.assert_array_equal(a.uns["simulation"]["log_means"], c.uns["simulation"]["log_means"])
+    np.testing.assert_array_equal(
+        a.uns["simulation"]["log_means"], c.uns["simulation"]["log_means"]
+    )
 
 
 def test_simulated_response_is_visible_in_the_counts():

@@ -23,7 +23,9 @@ def query_anndata():
 def test_query_with_a_new_condition(trained):
     model, ref = trained
     ref_cells = np.flatnonzero(ref.obs["condition"] == "control")
-    before = {c: model.predict(ref, indices=ref_cells, target_condition=c) for c in model.conditions}
+    before = {
+        c: model.predict(ref, indices=ref_cells, target_condition=c) for c in model.conditions
+    }
     frozen = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
 
     query = query_anndata()
@@ -54,9 +56,7 @@ def test_query_with_a_new_condition(trained):
     to_new = query_model.predict(ref, indices=ref_cells, target_condition="drugC")
     assert to_new.shape == (ref_cells.size, ref.n_vars)
     assert np.isfinite(to_new.X).all()
-    assert not np.allclose(
-        to_new.layers["normalized"], before["stimulated"].layers["normalized"]
-    )
+    assert not np.allclose(to_new.layers["normalized"], before["stimulated"].layers["normalized"])
     # ...and their predictions under the reference conditions are unchanged
     for condition, expected in before.items():
         after = query_model.predict(ref, indices=ref_cells, target_condition=condition)
