@@ -1,4 +1,5 @@
-# Two entry points: `make demo` and `make test`. Both (re)build .venv first.
+# Two entry points: `make demo` and `make test`; `make docs` builds the documentation.
+# All (re)build .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first and pinned: on CPU-only machines this pin is a CPU wheel
@@ -14,7 +15,7 @@ SOURCE ?=
 TARGET ?=
 OUT ?= demo_output
 
-.PHONY: demo test venv clean
+.PHONY: demo test docs venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -36,5 +41,10 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest
 
+# warnings are errors; the tutorial notebooks are executed (on the Kang file when it is present)
+docs: $(VENV)/.installed-docs
+	rm -rf docs/generated
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache docs/_build docs/generated

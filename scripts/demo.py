@@ -48,14 +48,18 @@ def main() -> None:
     train = adata[~held_out].copy()
     source_cells = adata[is_type & (adata.obs[ck].astype(str) == source).to_numpy()].copy()
     real = adata[held_out].copy()
-    print(f"{adata.n_obs} cells x {adata.n_vars} genes; holding out {holdout} / {target} "
-          f"({real.n_obs} cells), predicting from {source_cells.n_obs} {source} cells")
+    print(
+        f"{adata.n_obs} cells x {adata.n_vars} genes; holding out {holdout} / {target} "
+        f"({real.n_obs} cells), predicting from {source_cells.n_obs} {source} cells"
+    )
 
     sctrvae.TRVAEModel.setup_anndata(train, condition_key=ck)
     model = sctrvae.TRVAEModel(train)
     start = time.perf_counter()
     model.train(max_epochs=args.max_epochs, enable_progress_bar=False)
-    print(f"trained {len(model.history['elbo_train'])} epochs in {time.perf_counter() - start:.1f} s")
+    print(
+        f"trained {len(model.history['elbo_train'])} epochs in {time.perf_counter() - start:.1f} s"
+    )
 
     mean_pred = model.predict(source_cells, target_condition=target)
     drawn_pred = model.predict(source_cells, target_condition=target, n_samples=1)

@@ -38,6 +38,4 @@ def test_early_stopping_restores_the_best_epoch_not_the_last():
     restored = model.module.state_dict()
     for key, value in snapshots[best_epoch].items():
         torch.testing.assert_close(restored[key], value, rtol=0, atol=0)
-    assert any(
-        not torch.equal(restored[k], v) for k, v in snapshots[last_epoch].items()
-    )
+    assert any(not torch.equal(restored[k], v) for k, v in snapshots[last_epoch].items())

@@ -19,8 +19,12 @@ def test_real_cells_score_perfectly_against_themselves(populations):
     target, source = populations
     scores = score_prediction(target, target, source, n_degs=20)
     assert set(scores) == {
-        "r2_mean_all", "r2_var_all", "r2_mean_deg", "r2_var_deg",
-        "pearson_delta_all", "pearson_delta_deg",
+        "r2_mean_all",
+        "r2_var_all",
+        "r2_mean_deg",
+        "r2_var_deg",
+        "pearson_delta_all",
+        "pearson_delta_deg",
     }
     for value in scores.values():
         assert value == pytest.approx(1.0)

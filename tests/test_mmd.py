@@ -54,7 +54,10 @@ def test_pairwise_is_the_mean_over_all_condition_pairs():
     y = torch.tensor(np.vstack(groups))
     codes = torch.repeat_interleave(torch.arange(4), 5)
     expected = np.mean(
-        [brute_force_mmd(groups[i], groups[j], SIGMAS) for i, j in itertools.combinations(range(4), 2)]
+        [
+            brute_force_mmd(groups[i], groups[j], SIGMAS)
+            for i, j in itertools.combinations(range(4), 2)
+        ]
     )
     assert pairwise_condition_mmd(y, codes, SIGMAS).item() == pytest.approx(expected, rel=1e-10)
 

@@ -45,7 +45,7 @@ def test_predict_returns_an_anndata_on_the_target_condition(trained):
 
 
 def test_predict_mean_is_deterministic_and_differs_from_source(trained):
-    model, adata = trained
+    model, _ = trained
     torch.manual_seed(1)
     first = model.predict(target_condition="stimulated")
     torch.manual_seed(2)
@@ -71,7 +71,7 @@ def test_predict_on_a_new_anndata_and_key_added(trained):
     pred = model.predict(subset, target_condition="stimulated", key_added="trvae_stim")
     assert subset.layers["trvae_stim"].shape == subset.shape
     np.testing.assert_allclose(subset.layers["trvae_stim"], pred.X)
-    assert (subset.X != before).nnz == 0
+    assert (before != subset.X).nnz == 0
     picked = model.predict(subset, indices=[2, 0], target_condition="stimulated", key_added="again")
     np.testing.assert_allclose(picked.X, subset.layers["again"][[2, 0]])
 

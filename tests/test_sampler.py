@@ -24,7 +24,8 @@ def test_batches_mirror_the_condition_mix():
     conditions = codes([600, 200])
     for batch in ConditionBalancedSampler(conditions, batch_size=100, min_cells_per_condition=2):
         counts = np.bincount(conditions[batch])
-        assert counts[0] == 75 and counts[1] == 25
+        assert counts[0] == 75
+        assert counts[1] == 25
 
 
 def test_small_conditions_are_resampled_up_to_the_floor():

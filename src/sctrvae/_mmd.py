@@ -17,7 +17,11 @@ AUTO_BANDWIDTH_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise squared Euclidean distances, clamped at zero against rounding."""
-    d2 = a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(-2) - 2 * a @ b.transpose(-1, -2)
+    d2 = (
+        a.pow(2).sum(-1, keepdim=True)
+        + b.pow(2).sum(-1).unsqueeze(-2)
+        - 2 * a @ b.transpose(-1, -2)
+    )
     return d2.clamp_min(0.0)
 
 
@@ -30,7 +34,9 @@ def resolve_bandwidths(d2: torch.Tensor, bandwidths: str | Sequence[float]) -> t
     """
     if isinstance(bandwidths, str):
         if bandwidths != "auto":
-            raise ValueError(f"bandwidths must be 'auto' or a sequence of floats, got {bandwidths!r}.")
+            raise ValueError(
+                f"bandwidths must be 'auto' or a sequence of floats, got {bandwidths!r}."
+            )
         n = d2.shape[0]
         off_diagonal = d2.detach()[~torch.eye(n, dtype=torch.bool, device=d2.device)]
         median = off_diagonal.median() if off_diagonal.numel() > 0 else d2.new_tensor(1.0)
@@ -43,7 +49,7 @@ def resolve_bandwidths(d2: torch.Tensor, bandwidths: str | Sequence[float]) -> t
 
 
 def multiscale_rbf_kernel(d2: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Average over bandwidths of ``exp(-d2 / (2σ))`` (averaged, not summed, so weights carry over)."""
+    """Mean over bandwidths of ``exp(-d2 / (2σ))``: averaged, not summed, so weights carry over."""
     return torch.exp(-d2.unsqueeze(0) / (2 * sigma.view(-1, 1, 1))).mean(0)
 
 
@@ -51,7 +57,9 @@ def mmd(
     x: torch.Tensor, y: torch.Tensor, bandwidths: str | Sequence[float] = "auto"
 ) -> torch.Tensor:
     """Biased MMD² between two samples ``x`` (n, d) and ``y`` (m, d)."""
-    codes = torch.cat([x.new_zeros(x.shape[0], dtype=torch.long), x.new_ones(y.shape[0], dtype=torch.long)])
+    codes = torch.cat(
+        [x.new_zeros(x.shape[0], dtype=torch.long), x.new_ones(y.shape[0], dtype=torch.long)]
+    )
     return pairwise_condition_mmd(torch.cat([x, y]), codes, bandwidths)
 
 

@@ -389,15 +389,15 @@ kernel_bandwidths, kl_weight
         if n_samples > 0:
             obs = pd.concat([obs] * draws)
             obs["sctrvae_draw"] = np.repeat(np.arange(draws), selected.size)
-            obs.index = [f"{name}-{d}" for name, d in zip(obs.index, obs["sctrvae_draw"], strict=True)]
+            obs.index = [
+                f"{name}-{d}" for name, d in zip(obs.index, obs["sctrvae_draw"], strict=True)
+            ]
         obs[self.condition_key] = pd.Categorical(
             [str(target_condition)] * obs.shape[0], categories=self.conditions
         )
         obs = obs.drop(columns=[c for c in obs.columns if c.startswith("_scvi")])
         n_genes = adata.n_vars
-        layers = {
-            k: v.reshape(-1, n_genes) for k, v in arrays.items() if k == "normalized"
-        }
+        layers = {k: v.reshape(-1, n_genes) for k, v in arrays.items() if k == "normalized"}
         return ad.AnnData(
             X=arrays["expression"].reshape(-1, n_genes),
             obs=obs,

@@ -186,7 +186,7 @@ class TRVAEModule(BaseModuleClass):
         generative_outputs: dict[str, torch.Tensor | torch.distributions.Distribution],
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """Per-cell reconstruction + β·KL, averaged over the batch, plus the weighted MMD on ``y``."""
+        """Per-cell reconstruction + β·KL, batch-averaged, plus the weighted MMD on ``y``."""
         x = tensors[REGISTRY_KEYS.X_KEY]
         condition = tensors[REGISTRY_KEYS.BATCH_KEY]
         reconstruction = -generative_outputs["px"].log_prob(x).sum(-1)

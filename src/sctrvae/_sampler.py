@@ -79,7 +79,7 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         return self.n_batches
 
     def _rank_share(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """This rank's cells of one (ordered) condition, at least ``floor`` per batch."""
+        """Cells of one (ordered) condition that go to this rank, at least ``floor`` per batch."""
         share = order[self.rank :: self.num_replicas]
         if share.size == 0:  # fewer cells than ranks: borrow from the whole condition
             share = order

@@ -80,7 +80,12 @@ def _model_rows(
         "peak_rss_mb": memory.peak_mb,
     }
     return [
-        {"method": method, "readout": "mean", **scores_of(log_normalized(mean, "normalized")), **extra},
+        {
+            "method": method,
+            "readout": "mean",
+            **scores_of(log_normalized(mean, "normalized")),
+            **extra,
+        },
         {"method": method, "readout": "sampled", **scores_of(log_normalized(drawn)), **extra},
     ]
 
@@ -162,8 +167,9 @@ def leave_one_out(
         deg_mask = adata.var_names.isin(degs)
         real_lognorm, source_lognorm = lognorm[is_target], lognorm[is_source]
 
-        def scores_of(pred, real_lognorm=real_lognorm, source_lognorm=source_lognorm,
-                      deg_mask=deg_mask):
+        def scores_of(
+            pred, real_lognorm=real_lognorm, source_lognorm=source_lognorm, deg_mask=deg_mask
+        ):
             return score_log_expression(pred, real_lognorm, source_lognorm, deg_mask)
 
         fold = []
@@ -173,25 +179,39 @@ def leave_one_out(
             kwargs = {**model_kwargs, "mmd_weight": 0.0} if method == "cvae" else model_kwargs
             scvi.settings.seed = seed
             fold += _model_rows(
-                method, adata[~is_target].copy(), source_cells, condition_key, target,
-                scores_of, kwargs, train_kwargs, n_samples,
+                method,
+                adata[~is_target].copy(),
+                source_cells,
+                condition_key,
+                target,
+                scores_of,
+                kwargs,
+                train_kwargs,
+                n_samples,
             )
         if "ceiling" in references:
             order = np.random.default_rng(seed).permutation(real_lognorm.shape[0])
             half = order.size // 2
-            fold.append({
-                "method": "ceiling",
-                "readout": "cells",
-                **score_log_expression(
-                    real_lognorm[order[:half]], real_lognorm[order[half:]], source_lognorm, deg_mask
-                ),
-            })
+            fold.append(
+                {
+                    "method": "ceiling",
+                    "readout": "cells",
+                    **score_log_expression(
+                        real_lognorm[order[:half]],
+                        real_lognorm[order[half:]],
+                        source_lognorm,
+                        deg_mask,
+                    ),
+                }
+            )
         if "identity" in references:
             fold.append({"method": "identity", "readout": "cells", **scores_of(source_lognorm)})
         if "mean_shift" in references:
             others = [d for h, d in group_delta.items() if h != g]
             shifted = np.clip(source_lognorm + np.mean(others, axis=0), 0.0, None)
             fold.append({"method": "mean_shift", "readout": "cells", **scores_of(shifted)})
-        rows += [{"group": g, "n_source": int(is_source.sum()), "n_target": int(is_target.sum()),
-                  **row} for row in fold]
+        rows += [
+            {"group": g, "n_source": int(is_source.sum()), "n_target": int(is_target.sum()), **row}
+            for row in fold
+        ]
     return pd.DataFrame(rows)

@@ -48,6 +48,9 @@ def kang2018(
     adata = ad.read_h5ad(path)
     if "condition" not in adata.obs and "label" in adata.obs:
         adata.obs["condition"] = (
-            adata.obs["label"].astype(str).map(lambda c: _CONDITION_NAMES.get(c, c)).astype("category")
+            adata.obs["label"]
+            .astype(str)
+            .map(lambda c: _CONDITION_NAMES.get(c, c))
+            .astype("category")
         )
     return adata

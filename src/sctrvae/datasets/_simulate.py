@@ -66,7 +66,7 @@ def simulate(
 
     response = np.zeros((n_cell_types, n_conditions, n_genes))
     response_genes = np.zeros((n_conditions, n_genes), dtype=bool)
-    n_responding = max(1, int(round(response_fraction * n_genes)))
+    n_responding = max(1, round(response_fraction * n_genes))
     for c in range(1, n_conditions):
         shared = rng.choice(n_genes, n_responding, replace=False)
         response_genes[c, shared] = True

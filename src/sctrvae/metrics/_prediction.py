@@ -26,9 +26,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
-def top_degs(
-    real_target: ad.AnnData, real_source: ad.AnnData, n_genes: int = 100
-) -> np.ndarray:
+def top_degs(real_target: ad.AnnData, real_source: ad.AnnData, n_genes: int = 100) -> np.ndarray:
     """Top ``n_genes`` genes by Wilcoxon score, target vs source (real cells), as var names."""
     both = ad.AnnData(
         X=np.vstack([log_normalized(real_target), log_normalized(real_source)]),
