@@ -29,8 +29,12 @@ import sctrvae
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
 METRICS = [
-    "pearson_delta_deg", "r2_mean_deg", "r2_var_deg",
-    "r2_mean_all", "r2_var_all", "pearson_delta_all",
+    "pearson_delta_deg",
+    "r2_mean_deg",
+    "r2_var_deg",
+    "r2_mean_all",
+    "r2_var_all",
+    "pearson_delta_all",
 ]
 TARGETS = {"pearson_delta_deg": 0.935, "r2_mean_deg": 0.93, "r2_var_deg": 0.50, "r2_var_all": 0.72}
 
@@ -63,14 +67,16 @@ def write_report(df: pd.DataFrame, out: Path, wall: float) -> None:
         "## trVAE vs CVAE (MMD weight 0) vs mean shift, fold by fold: Δ-Pearson over DEGs",
         "",
     ]
-    folds = pd.DataFrame({
-        "trvae (mean)": trvae.xs("mean", level="readout")["pearson_delta_deg"],
-        "trvae (sampled)": trvae.xs("sampled", level="readout")["pearson_delta_deg"],
-        "cvae (mean)": cvae.xs("mean", level="readout")["pearson_delta_deg"],
-        "cvae (sampled)": cvae.xs("sampled", level="readout")["pearson_delta_deg"],
-        "mean_shift": shift["pearson_delta_deg"],
-        "ceiling": df[df.method == "ceiling"].set_index("group")["pearson_delta_deg"],
-    })
+    folds = pd.DataFrame(
+        {
+            "trvae (mean)": trvae.xs("mean", level="readout")["pearson_delta_deg"],
+            "trvae (sampled)": trvae.xs("sampled", level="readout")["pearson_delta_deg"],
+            "cvae (mean)": cvae.xs("mean", level="readout")["pearson_delta_deg"],
+            "cvae (sampled)": cvae.xs("sampled", level="readout")["pearson_delta_deg"],
+            "mean_shift": shift["pearson_delta_deg"],
+            "ceiling": df[df.method == "ceiling"].set_index("group")["pearson_delta_deg"],
+        }
+    )
     lines += [folds.round(3).to_markdown(), "", "## Cost per fold (trVAE, default train())", ""]
     cost = trvae.xs("mean", level="readout")[["train_seconds", "epochs", "peak_rss_mb"]]
     lines += [cost.round(1).to_markdown(), ""]

@@ -14,6 +14,6 @@ class TRVAETrainingPlan(TrainingPlan):
     ``torch.no_grad`` instead keeps them ordinary tensors; values are unchanged.
     """
 
-    def compute_and_log_metrics(self, loss_output, metrics, mode):  # noqa: D102
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
         with torch.no_grad():
             TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
