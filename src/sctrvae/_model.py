@@ -208,11 +208,13 @@ kernel_bandwidths, kl_weight
             "min_cells_per_condition": min_cells_per_condition,
             **(datasplitter_kwargs or {}),
         }
-        if use_distributed_sampler(trainer_kwargs.get("strategy")):
+        distributed = use_distributed_sampler(trainer_kwargs.get("strategy"))
+        if distributed:
             # our sampler shards by rank itself; Lightning would otherwise wrap it and split its
             # (already per-rank) batches again
             trainer_kwargs.setdefault("use_distributed_sampler", False)
-        if early_stopping:
+        # scvi-tools switches early stopping off under DDP, and with it validation
+        if early_stopping and not distributed:
             warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
