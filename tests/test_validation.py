@@ -165,9 +165,9 @@ def genes_extra(adata):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (genes_reordered, r"different order.*adata\[:, model.adata.var_names\]"),
+        (genes_reordered, r"different order.*adata\[:, model.training_var_names\]"),
         (genes_missing, r"lacks 3 of the 120 genes .*'gene_0"),
-        (genes_extra, r"has 2 genes the model was not trained on.*model.adata.var_names"),
+        (genes_extra, r"has 2 genes the model was not trained on.*model.training_var_names"),
     ],
 )
 def test_predict_on_other_genes_fails_clearly(trained, change, message, snapshot, assert_unchanged):
@@ -219,3 +219,60 @@ def test_predict_errors_on_the_training_data_leave_it_unchanged(
         with pytest.raises(ValueError, match=match):
             model.predict(key_added="never", **kwargs)
     assert_unchanged(before, adata, scvi_keys=True)
+
+
+def as_format(matrix, fmt, dtype):
+    dense = matrix.toarray().astype(dtype)
+    if fmt == "dense":
+        return dense
+    return sp.csr_matrix(dense) if fmt == "csr" else sp.csc_matrix(dense)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+@pytest.mark.parametrize("dtype", [np.int64, np.float32, np.float64])
+def test_every_valid_matrix_format_trains_and_predicts(fmt, dtype, snapshot, assert_unchanged):
+    reference = small(n_cells=200, n_genes=20, seed=6)
+    adata = reference.copy()
+    adata.X = as_format(reference.X, fmt, dtype)
+    before = snapshot(adata)
+    TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = TRVAEModel(adata, n_hidden=8, n_latent=2)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    pred = model.predict(target_condition="stimulated")
+    assert pred.shape == adata.shape
+    assert np.isfinite(pred.X).all()
+    library = np.asarray(reference.X.sum(1)).ravel()
+    np.testing.assert_allclose(pred.X.sum(1), library, rtol=1e-3)
+    # the same cells in another format give the same latent space
+    other = reference.copy()
+    z_own = model.get_latent_representation()
+    np.testing.assert_allclose(model.get_latent_representation(other), z_own, rtol=1e-5, atol=1e-6)
+    assert_unchanged(before, adata, scvi_keys=True)
+
+
+def test_no_call_changes_anything_but_the_keys_asked_for(snapshot, assert_unchanged):
+    adata = small(n_cells=200, n_genes=20, seed=7)
+    rng = np.random.default_rng(0)
+    adata.layers["counts"] = adata.X.copy()
+    adata.layers["dense"] = rng.normal(size=adata.shape)
+    adata.obsm["X_pca"] = rng.normal(size=(adata.n_obs, 3))
+    adata.obs["score"] = rng.normal(size=adata.n_obs)
+    adata.var["highly_variable"] = rng.random(adata.n_vars) > 0.5
+    adata.uns["note"] = {"kept": True}
+    before = snapshot(adata)
+    TRVAEModel.setup_anndata(adata, condition_key="condition", layer="counts")
+    model = TRVAEModel(adata, n_hidden=8, n_latent=2)
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+    assert_unchanged(before, adata, scvi_keys=True)
+    model.get_latent_representation(key_added="X_trvae")
+    model.get_latent_representation(representation="y")
+    model.predict(target_condition="stimulated", key_added="pred")
+    model.predict(target_condition="control", n_samples=2)
+    assert_unchanged(before, adata, added_layers=["pred"], added_obsm=["X_trvae"])
+    assert adata.uns["note"] == {"kept": True}
+    # a new AnnData gets the same treatment
+    other = adata[:50].copy()
+    other_before = snapshot(other)
+    model.predict(other, target_condition="stimulated")
+    model.get_latent_representation(other)
+    assert_unchanged(other_before, other, scvi_keys=True)

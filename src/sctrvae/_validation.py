@@ -164,7 +164,7 @@ def check_var_names(var_names: pd.Index, training_var_names: Sequence[str]) -> N
     given = pd.Index(np.asarray(var_names).astype(str))
     if given.equals(training):
         return
-    fix = "Select and order the genes with `adata = adata[:, model.adata.var_names].copy()`."
+    fix = "Select and order the genes with `adata = adata[:, model.training_var_names].copy()`."
     missing = training.difference(given, sort=False)
     if missing.size:
         raise ValueError(
