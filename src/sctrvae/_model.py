@@ -18,7 +18,7 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 from scvi.utils._docstrings import devices_dsp
 
-from ._callbacks import RestoreBestWeights
+from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._data_splitter import ConditionBalancedDataSplitter
 from ._module import Dispersion, Likelihood, TRVAEModule
 from ._validation import (
@@ -232,7 +232,8 @@ kernel_bandwidths, kl_weight
             "min_cells_per_condition": min_cells_per_condition,
             **(datasplitter_kwargs or {}),
         }
-        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        # a diverged run raises instead of leaving NaN weights behind
+        callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), StopOnNonFiniteLoss()]
         if early_stopping:
             warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
