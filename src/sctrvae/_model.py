@@ -31,6 +31,7 @@ from ._validation import (
     check_not_view,
     check_var_names,
 )
+from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ kernel_bandwidths, kl_weight
             f"n_layers={n_layers}, likelihood={likelihood}, dispersion={dispersion}, "
             f"mmd_weight={mmd_weight}, kernel_bandwidths={kernel_bandwidths}."
         )
+        # saved with the model (scvi-tools saves attributes ending in "_"); load restores it
+        self.sctrvae_version_ = __version__
         self.init_params_ = self._get_init_params(locals())
 
     @property
