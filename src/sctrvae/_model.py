@@ -244,6 +244,9 @@ kernel_bandwidths, kl_weight
             trainer_kwargs.setdefault("early_stopping_warmup_epochs", warmup)
             callbacks.append(RestoreBestWeights(trainer_kwargs["early_stopping_monitor"]))
         trainer_kwargs["callbacks"] = callbacks
+        # scvi-tools leaves the module in eval mode after training or loading, and Lightning keeps
+        # the mode it finds: without this a second train() (or a resume) runs without dropout
+        self.module.train()
         return super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
