@@ -42,6 +42,23 @@ class RestoreBestWeights(pl.Callback):
         if self.best_state is not None:
             pl_module.module.load_state_dict(self.best_state)
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    # saved in Lightning checkpoints, so that a resumed run still knows its best epoch
+    def state_dict(self) -> dict:
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_score = state_dict["best_score"]
+        self.best_epoch = state_dict["best_epoch"]
+        self.best_state = state_dict["best_state"]
+
 
 class StopOnNonFiniteLoss(pl.Callback):
     """Stop training with :class:`FloatingPointError` as soon as the training loss is NaN or inf.
