@@ -1,7 +1,11 @@
+import copy
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 import scvi
 
 import sctrvae
@@ -38,3 +42,75 @@ def trained():
     model = sctrvae.TRVAEModel(adata, n_hidden=32, n_latent=5)
     model.train(max_epochs=5, batch_size=64, enable_progress_bar=False)
     return model, adata
+
+
+# deep before/after comparison of an AnnData, for tests that nothing was changed or lost
+
+#: Prefix of the obs columns and uns keys scvi-tools' setup_anndata adds by convention.
+SCVI_PREFIX = "_scvi"
+
+
+def take_snapshot(adata):
+    """An independent deep copy of everything the comparison looks at."""
+    return {
+        "X": copy.deepcopy(adata.X),
+        "layers": {k: copy.deepcopy(v) for k, v in adata.layers.items()},
+        "obs": adata.obs.copy(deep=True),
+        "var": adata.var.copy(deep=True),
+        "obsm": {k: copy.deepcopy(v) for k, v in adata.obsm.items()},
+        "uns": set(adata.uns),
+        "is_view": adata.is_view,
+    }
+
+
+def assert_same_matrix(before, after, name):
+    assert type(before) is type(after), f"{name}: type {type(before)} -> {type(after)}"
+    if sp.issparse(before):
+        assert before.format == after.format, name
+        before, after = before.toarray(), after.toarray()
+    before, after = np.asarray(before), np.asarray(after)
+    assert before.dtype == after.dtype, f"{name}: dtype {before.dtype} -> {after.dtype}"
+    np.testing.assert_array_equal(before, after, err_msg=name)
+
+
+def check_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=()):
+    """Assert ``adata`` equals the ``before`` snapshot.
+
+    ``scvi_keys=True`` ignores the ``_scvi_*`` obs columns and uns keys (scvi-tools' convention
+    for registered data); ``added_*`` are the keys the caller asked to be written.
+    """
+    after = take_snapshot(adata)
+    assert after["is_view"] == before["is_view"]
+    assert_same_matrix(before["X"], after["X"], "X")
+    assert set(after["layers"]) == set(before["layers"]) | set(added_layers)
+    for key, value in before["layers"].items():
+        assert_same_matrix(value, after["layers"][key], f"layers[{key!r}]")
+    assert set(after["obsm"]) == set(before["obsm"]) | set(added_obsm)
+    for key, value in before["obsm"].items():
+        assert_same_matrix(value, after["obsm"][key], f"obsm[{key!r}]")
+    obs = after["obs"]
+    uns = after["uns"]
+    if scvi_keys:
+        obs = obs.drop(columns=[c for c in obs.columns if c.startswith(SCVI_PREFIX)])
+        uns = {k for k in uns if not k.startswith(SCVI_PREFIX)}
+        before_uns = {k for k in before["uns"] if not k.startswith(SCVI_PREFIX)}
+        before_obs = before["obs"].drop(
+            columns=[c for c in before["obs"].columns if c.startswith(SCVI_PREFIX)]
+        )
+    else:
+        before_uns, before_obs = before["uns"], before["obs"]
+    pd.testing.assert_frame_equal(before_obs, obs)
+    pd.testing.assert_frame_equal(before["var"], after["var"])
+    assert uns == before_uns
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(adata)``: deep copy of X, layers, obs, var, obsm and the uns keys."""
+    return take_snapshot
+
+
+@pytest.fixture
+def assert_unchanged():
+    """``assert_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=())``."""
+    return check_unchanged

@@ -104,3 +104,24 @@ def test_mmd_is_non_negative_symmetric_and_zero_on_identical_sets(x, y):
         assert forward >= 0.0
         assert forward == pytest.approx(mmd(ty, tx, bandwidths).item(), abs=1e-9)
         assert mmd(tx, tx.clone(), bandwidths).item() == pytest.approx(0.0, abs=1e-9)
+
+
+wide = arrays(
+    np.float32, st.tuples(st.integers(4, 10), st.just(3)), elements=st.floats(-1e6, 1e6, width=32)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(wide, st.randoms(use_true_random=False))
+def test_mmd_is_finite_bounded_and_permutation_invariant(y, random):
+    codes = torch.tensor([0, 1] * (y.shape[0] // 2) + [0] * (y.shape[0] % 2))
+    ty = torch.tensor(y, requires_grad=True)
+    value = pairwise_condition_mmd(ty, codes)
+    value.backward()
+    assert torch.isfinite(value)
+    assert 0.0 <= value.item() <= 2.0 + 1e-6
+    assert torch.isfinite(ty.grad).all()
+    order = list(range(y.shape[0]))
+    random.shuffle(order)
+    shuffled = pairwise_condition_mmd(torch.tensor(y)[order], codes[order]).item()
+    assert shuffled == pytest.approx(value.item(), abs=1e-5)

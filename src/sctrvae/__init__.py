@@ -1,18 +1,12 @@
 """sctrvae: trVAE condition transfer on scvi-tools."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import benchmark, datasets, metrics, pl
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
 from ._mmd import mmd, pairwise_condition_mmd
 from ._model import TRVAEModel
 from ._module import TRVAEModule
 from ._sampler import ConditionBalancedSampler
-
-try:
-    __version__ = version("sctrvae")
-except PackageNotFoundError:  # pragma: no cover - only when run from an uninstalled tree
-    __version__ = "0+unknown"
+from ._version import __version__
 
 __all__ = [
     "ConditionBalancedDataLoader",

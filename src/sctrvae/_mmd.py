@@ -25,12 +25,19 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(0.0)
 
 
-def resolve_bandwidths(d2: torch.Tensor, bandwidths: str | Sequence[float]) -> torch.Tensor:
+def resolve_bandwidths(
+    d2: torch.Tensor, bandwidths: str | Sequence[float], norms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Kernel bandwidths σ for ``k(a, b) = exp(-‖a - b‖² / (2σ))``.
 
     ``"auto"`` scales :data:`AUTO_BANDWIDTH_MULTIPLIERS` by half the (lower) median off-diagonal
     squared distance of the pooled sample (detached), which makes the penalty invariant to a global
     rescaling of the representation: the network cannot lower it by shrinking ``y``.
+
+    ``norms`` (squared norms of the points, optional) set a floor of ``eps · mean(norms)``: a
+    representation that has (nearly) collapsed has a median of zero, and smaller squared distances
+    are rounding noise of :func:`squared_distances` anyway; without the floor the bandwidth would
+    shrink to the smallest float and the gradients explode. The floor is scale-invariant too.
     """
     if isinstance(bandwidths, str):
         if bandwidths != "auto":
@@ -40,7 +47,12 @@ def resolve_bandwidths(d2: torch.Tensor, bandwidths: str | Sequence[float]) -> t
         n = d2.shape[0]
         off_diagonal = d2.detach()[~torch.eye(n, dtype=torch.bool, device=d2.device)]
         median = off_diagonal.median() if off_diagonal.numel() > 0 else d2.new_tensor(1.0)
-        scale = torch.clamp(median / 2, min=torch.finfo(d2.dtype).tiny)
+        finfo = torch.finfo(d2.dtype)
+        # sqrt(tiny) keeps 1 / (2σ) finite when every point is identical (all-zero y)
+        floor = d2.new_tensor(finfo.tiny**0.5)
+        if norms is not None and norms.numel() > 0:
+            floor = torch.maximum(floor, finfo.eps * norms.detach().mean())
+        scale = torch.maximum(median / 2, floor)
         return scale * d2.new_tensor(AUTO_BANDWIDTH_MULTIPLIERS)
     sigma = torch.as_tensor(list(bandwidths), dtype=d2.dtype, device=d2.device)
     if sigma.numel() == 0 or bool((sigma <= 0).any()):
@@ -96,7 +108,8 @@ def pairwise_condition_mmd(
     rows = one_hot.sum(1) > 0
     y, one_hot, counts = y[rows], one_hot[rows], counts[keep].to(y.dtype)
     d2 = squared_distances(y, y)
-    kernel = multiscale_rbf_kernel(d2, resolve_bandwidths(d2, bandwidths))
+    sigma = resolve_bandwidths(d2, bandwidths, norms=y.pow(2).sum(-1))
+    kernel = multiscale_rbf_kernel(d2, sigma)
     # block means of the kernel matrix: means[i, j] = mean of k(a, b), a in condition i, b in j
     means = (one_hot.T @ kernel @ one_hot) / (counts[:, None] * counts[None, :])
     within = torch.diagonal(means)

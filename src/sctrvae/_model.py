@@ -18,11 +18,21 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 from scvi.utils._docstrings import devices_dsp
 
-from ._callbacks import RestoreBestWeights
+from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._data_splitter import ConditionBalancedDataSplitter
 from ._module import Dispersion, Likelihood, TRVAEModule
 from ._training_plan import TRVAETrainingPlan
-from ._validation import check_expression
+from ._validation import (
+    check_anndata_object,
+    check_condition_column,
+    check_condition_sizes,
+    check_expression,
+    check_finite,
+    check_known_conditions,
+    check_not_view,
+    check_var_names,
+)
+from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +114,19 @@ kernel_bandwidths, kl_weight
             f"n_layers={n_layers}, likelihood={likelihood}, dispersion={dispersion}, "
             f"mmd_weight={mmd_weight}, kernel_bandwidths={kernel_bandwidths}."
         )
+        # saved with the model (scvi-tools saves attributes ending in "_"); load restores it
+        self.sctrvae_version_ = __version__
         self.init_params_ = self._get_init_params(locals())
 
     @property
     def _x_name(self) -> str:
         layer = self.adata_manager.data_registry[REGISTRY_KEYS.X_KEY].attr_key
         return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+    @property
+    def training_var_names(self) -> pd.Index:
+        """Genes the model was trained on, in the training order (kept in the saved registry)."""
+        return _registry_var_names(self.registry_)
 
     @property
     def conditions(self) -> list[str]:
@@ -141,13 +158,28 @@ kernel_bandwidths, kl_weight
             categories.
         layer
             Layer with raw counts; ``None`` uses ``adata.X``.
+
+        Notes
+        -----
+        As in all of scvi-tools, registering adds ``_scvi_*`` columns to ``adata.obs`` and
+        ``_scvi_*`` keys to ``adata.uns``; nothing else of ``adata`` is changed. Views and backed
+        AnnData are rejected (make a copy / load into memory first).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        if condition_key not in adata.obs:
+        # validate everything before scvi-tools writes to adata, so a failure changes nothing
+        check_anndata_object(adata, "setup_anndata")
+        check_not_view(adata, "setup_anndata")
+        if layer is not None and layer not in adata.layers:
             raise KeyError(
-                f"condition_key {condition_key!r} is not a column of adata.obs "
-                f"(columns: {list(adata.obs.columns)})."
+                f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers)}); pass "
+                "the name of the raw-count layer, or layer=None for adata.X."
             )
+        source_registry = kwargs.get("source_registry")
+        if source_registry is not None:  # load() or a model loaded without data
+            check_var_names(adata.var_names, _registry_var_names(source_registry))
+        check_condition_column(adata.obs, condition_key)
+        x_name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_finite(adata.X if layer is None else adata.layers[layer], x_name)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, condition_key),
@@ -200,6 +232,9 @@ kernel_bandwidths, kl_weight
             Keyword arguments of :class:`~scvi.train.Trainer` (``strategy``,
             ``gradient_clip_val``, ``enable_progress_bar``, ...).
         """
+        check_condition_sizes(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions
+        )
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = {"lr": DEFAULT_LR, **(plan_kwargs or {})}
         if "n_steps_kl_warmup" not in plan_kwargs:
@@ -213,15 +248,19 @@ kernel_bandwidths, kl_weight
             # our sampler shards by rank itself; Lightning would otherwise wrap it and split its
             # (already per-rank) batches again
             trainer_kwargs.setdefault("use_distributed_sampler", False)
+        # a diverged run raises instead of leaving NaN weights behind
+        callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), StopOnNonFiniteLoss()]
         # scvi-tools switches early stopping off under DDP, and with it validation
         if early_stopping and not distributed:
             warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
             trainer_kwargs.setdefault("early_stopping_warmup_epochs", warmup)
-            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
             callbacks.append(RestoreBestWeights(trainer_kwargs["early_stopping_monitor"]))
-            trainer_kwargs["callbacks"] = callbacks
+        trainer_kwargs["callbacks"] = callbacks
+        # scvi-tools leaves the module in eval mode after training or loading, and Lightning keeps
+        # the mode it finds: without this a second train() (or a resume) runs without dropout
+        self.module.train()
         return super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -246,6 +285,8 @@ kernel_bandwidths, kl_weight
         self, adata: ad.AnnData | None, indices: Sequence[int] | None, key_added: str | None
     ) -> tuple[ad.AnnData, np.ndarray, np.ndarray]:
         """Validated AnnData, the indices to return, and the indices to compute."""
+        if adata is not None and adata is not self.adata:
+            adata = self._check_new_anndata(adata, key_added)
         adata = self._validate_anndata(adata)
         selected = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         if selected.dtype == bool:
@@ -255,6 +296,25 @@ kernel_bandwidths, kl_weight
         # results written to `adata` must cover every cell, so compute them all then
         computed = np.arange(adata.n_obs) if key_added is not None else selected
         return adata, selected, computed
+
+    def _check_new_anndata(self, adata: ad.AnnData, key_added: str | None) -> ad.AnnData:
+        """Check an AnnData other than the training one; a view is replaced by its copy."""
+        check_anndata_object(adata, "The model")
+        if adata.is_view:
+            if key_added is not None:
+                raise ValueError(
+                    "adata is a view (e.g. `adata[mask]`), so key_added cannot be written to it; "
+                    "pass `adata[mask].copy()` or leave key_added=None."
+                )
+            # scvi-tools would turn the user's view into an actual AnnData in place
+            adata = adata.copy()
+        check_var_names(adata.var_names, self.training_var_names)
+        check_known_conditions(adata.obs, self.condition_key, self.conditions)
+        layer = self.registry_["setup_args"]["layer"]
+        matrix = adata.X if layer is None else adata.layers[layer]
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_expression(matrix, self.module.likelihood, where)
+        return adata
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -358,6 +418,12 @@ kernel_bandwidths, kl_weight
         ):
             raise ValueError("library_size must be 'observed' or a positive number.")
         self._check_if_trained(warn=False)
+        layer = self.registry_["setup_args"]["layer"]
+        if key_added is not None and key_added == layer:
+            raise ValueError(
+                f"key_added={key_added!r} is the input count layer; choose another name so the "
+                "counts are not overwritten."
+            )
         adata, selected, computed = self._prepare(adata, indices, key_added)
         self.module.eval()
         outputs: dict[str, list[np.ndarray]] = {}
@@ -406,3 +472,9 @@ kernel_bandwidths, kl_weight
             var=adata.var.copy(),
             layers=layers,
         )
+
+
+def _registry_var_names(registry: dict) -> pd.Index:
+    """Training genes stored by scvi-tools in a (saved) registry."""
+    field = registry["field_registries"][REGISTRY_KEYS.X_KEY]
+    return pd.Index(np.asarray(field["state_registry"]["column_names"]).astype(str))

@@ -1,9 +1,24 @@
-"""Checks on user input that fail early with a message naming the problem and the fix."""
+"""Checks on user input that fail early with a message naming the problem and the fix.
+
+Every check only reads its input: a call that fails leaves the AnnData exactly as it was.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator, Sequence
+
+import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
+
+#: Conditions with fewer training cells than this are an error: no within-condition spread.
+MIN_CELLS_PER_CONDITION = 2
+#: Conditions with fewer training cells than this get a warning: the MMD estimate is noisy.
+FEW_CELLS_PER_CONDITION = 10
+#: Values scanned at a time, so that checks on large matrices need little extra memory.
+_CHUNK = 10_000_000
 
 
 def matrix_values(matrix) -> np.ndarray:
@@ -13,23 +28,151 @@ def matrix_values(matrix) -> np.ndarray:
     return np.asarray(matrix).ravel()
 
 
+def _chunks(values: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, values.size, _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def check_anndata_object(adata: ad.AnnData, call: str) -> None:
+    """Raise for AnnData objects the model cannot use as they are: backed ones.
+
+    Backed (on-disk) AnnData is not supported: the condition-balanced sampler reads cells in
+    random order, which is slow from HDF5 and not supported by scvi-tools for every format.
+    """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"{call} needs an AnnData object, got {type(adata).__name__}.")
+    if adata.isbacked:
+        raise ValueError(
+            f"{call}: adata is backed (opened with backed='r'), which is not supported; load it "
+            "into memory first with `adata = adata.to_memory()`."
+        )
+
+
+def check_not_view(adata: ad.AnnData, call: str) -> None:
+    """Raise for a view, which registering (or writing results) would silently turn into a copy."""
+    if adata.is_view:
+        raise ValueError(
+            f"{call}: adata is a view of another AnnData (e.g. `adata[mask]`); registering it "
+            "would silently replace the view with a copy. Make the copy explicit: "
+            "`adata = adata[mask].copy()`."
+        )
+
+
+def check_finite(matrix, where: str) -> None:
+    """Raise if ``matrix`` holds NaN or infinite values."""
+    values = matrix_values(matrix)
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    n_bad = sum(int(np.count_nonzero(~np.isfinite(chunk))) for chunk in _chunks(values))
+    if n_bad:
+        raise ValueError(
+            f"{where} contains {n_bad} NaN or infinite values; remove or impute them first "
+            "(e.g. `adata = adata[:, np.isfinite(X).all(0)]` to drop the affected genes)."
+        )
+
+
 def check_expression(matrix, likelihood: str, where: str) -> None:
     """Raise if ``matrix`` cannot be modelled with ``likelihood``.
 
-    Count likelihoods need non-negative integers; every likelihood needs finite values.
+    Every likelihood needs finite values; count likelihoods need non-negative integers and no
+    cell with zero total counts (its library size is zero, so it has no likelihood to fit).
     """
+    check_finite(matrix, where)
+    if likelihood not in ("nb", "zinb"):
+        return
     values = matrix_values(matrix)
-    if not np.isfinite(values).all():
-        raise ValueError(f"{where} contains NaN or infinite values; remove or impute them first.")
-    if likelihood in ("nb", "zinb"):
-        if (values < 0).any():
-            raise ValueError(
-                f"{where} has negative values, which a count likelihood ({likelihood!r}) cannot "
-                "model: pass the raw-count layer with `layer=`, or use likelihood='normal'."
-            )
-        if not np.array_equal(values, np.round(values)):
-            raise ValueError(
-                f"{where} has non-integer values and looks log-normalised: pass the raw-count "
-                "layer with `layer=` (the NB/ZINB likelihoods model raw counts), or use "
-                "likelihood='normal' for log-normalised data."
-            )
+    if any(bool((chunk < 0).any()) for chunk in _chunks(values)):
+        raise ValueError(
+            f"{where} has negative values, which a count likelihood ({likelihood!r}) cannot "
+            "model: pass the raw-count layer with `layer=`, or use likelihood='normal'."
+        )
+    if np.issubdtype(values.dtype, np.floating) and any(
+        not np.array_equal(chunk, np.round(chunk)) for chunk in _chunks(values)
+    ):
+        raise ValueError(
+            f"{where} has non-integer values and looks log-normalised: pass the raw-count "
+            "layer with `layer=` (the NB/ZINB likelihoods model raw counts), or use "
+            "likelihood='normal' for log-normalised data."
+        )
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    empty = np.flatnonzero(totals == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} cells have zero total counts in {where} (first: positions "
+            f"{empty[:5].tolist()}); a count likelihood needs a positive library size. Remove "
+            "them with `sc.pp.filter_cells(adata, min_counts=1)`."
+        )
+
+
+def check_condition_column(obs: pd.DataFrame, condition_key: str) -> None:
+    """Raise if ``obs[condition_key]`` is missing or has missing values."""
+    if condition_key not in obs:
+        raise KeyError(
+            f"condition_key {condition_key!r} is not a column of adata.obs "
+            f"(columns: {list(obs.columns)})."
+        )
+    missing = obs[condition_key].isna().to_numpy()
+    if missing.all():
+        raise ValueError(
+            f"adata.obs[{condition_key!r}] is empty (all values are missing); fill in the "
+            "condition of every cell."
+        )
+    if missing.any():
+        raise ValueError(
+            f"adata.obs[{condition_key!r}] is missing for {int(missing.sum())} of {missing.size} "
+            "cells; set their condition or drop them with "
+            f"`adata = adata[adata.obs[{condition_key!r}].notna()].copy()`."
+        )
+
+
+def check_known_conditions(
+    obs: pd.DataFrame, condition_key: str, conditions: Sequence[str]
+) -> None:
+    """Raise if ``obs[condition_key]`` holds conditions the model was not trained on."""
+    check_condition_column(obs, condition_key)
+    unknown = sorted(set(obs[condition_key].astype(str)) - set(conditions))
+    if unknown:
+        raise ValueError(
+            f"adata.obs[{condition_key!r}] has conditions the model was not trained on: "
+            f"{unknown}; the model knows {list(conditions)}. Keep only cells of known conditions."
+        )
+
+
+def check_condition_sizes(codes: np.ndarray, conditions: Sequence[str]) -> None:
+    """Raise for conditions with fewer than 2 cells; warn below 10 cells."""
+    counts = np.bincount(np.asarray(codes).reshape(-1), minlength=len(conditions))
+    sizes = dict(zip(conditions, counts.tolist(), strict=True))
+    tiny = {c: n for c, n in sizes.items() if n < MIN_CELLS_PER_CONDITION}
+    if tiny:
+        raise ValueError(
+            f"Conditions with fewer than {MIN_CELLS_PER_CONDITION} cells cannot be trained on: "
+            f"{tiny}. Remove them (and re-run setup_anndata) or add cells."
+        )
+    few = {c: n for c, n in sizes.items() if n < FEW_CELLS_PER_CONDITION}
+    if few:
+        warnings.warn(
+            f"Conditions with fewer than {FEW_CELLS_PER_CONDITION} cells: {few}; their MMD "
+            "estimate is noisy and they are resampled in every minibatch.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def check_var_names(var_names: pd.Index, training_var_names: Sequence[str]) -> None:
+    """Raise unless ``var_names`` are the training genes in the training order."""
+    training = pd.Index(np.asarray(training_var_names).astype(str))
+    given = pd.Index(np.asarray(var_names).astype(str))
+    if given.equals(training):
+        return
+    fix = "Select and order the genes with `adata = adata[:, model.training_var_names].copy()`."
+    missing = training.difference(given, sort=False)
+    if missing.size:
+        raise ValueError(
+            f"adata lacks {missing.size} of the {training.size} genes the model was trained on "
+            f"(e.g. {missing[:10].tolist()}); the model needs every training gene."
+        )
+    if given.size != training.size:
+        raise ValueError(
+            f"adata has {given.size - training.size} genes the model was not trained on. {fix}"
+        )
+    raise ValueError(f"adata has the training genes in a different order. {fix}")
