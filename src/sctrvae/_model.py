@@ -120,7 +120,8 @@ kernel_bandwidths, kl_weight
 
     @property
     def _x_name(self) -> str:
-        layer = self.adata_manager.data_registry[REGISTRY_KEYS.X_KEY].attr_key
+        """How the registered count matrix is spelled in messages."""
+        layer = self.registry_["setup_args"]["layer"]
         return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
     @property
@@ -312,8 +313,7 @@ kernel_bandwidths, kl_weight
         check_known_conditions(adata.obs, self.condition_key, self.conditions)
         layer = self.registry_["setup_args"]["layer"]
         matrix = adata.X if layer is None else adata.layers[layer]
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_expression(matrix, self.module.likelihood, where)
+        check_expression(matrix, self.module.likelihood, self._x_name)
         return adata
 
     @torch.inference_mode()
