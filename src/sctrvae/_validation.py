@@ -139,9 +139,13 @@ def check_known_conditions(
 
 
 def check_condition_sizes(codes: np.ndarray, conditions: Sequence[str]) -> None:
-    """Raise for conditions with fewer than 2 cells; warn below 10 cells."""
+    """Raise for conditions with 1 cell; warn below 10 cells.
+
+    Conditions with no cells at all are left alone: they are categories this data does not use
+    (e.g. the reference conditions when a query holding only a new one is mapped).
+    """
     counts = np.bincount(np.asarray(codes).reshape(-1), minlength=len(conditions))
-    sizes = dict(zip(conditions, counts.tolist(), strict=True))
+    sizes = {c: n for c, n in zip(conditions, counts.tolist(), strict=True) if n > 0}
     tiny = {c: n for c, n in sizes.items() if n < MIN_CELLS_PER_CONDITION}
     if tiny:
         raise ValueError(
