@@ -8,6 +8,11 @@ import lightning.pytorch as pl
 import torch
 
 
+def cloned_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state that later optimiser steps cannot change."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 class RestoreBestWeights(pl.Callback):
     """Snapshot the module's weights whenever ``monitor`` improves; load the snapshot on train end.
 
@@ -34,9 +39,7 @@ class RestoreBestWeights(pl.Callback):
         if math.isfinite(score) and score < self.best_score:
             self.best_score = score
             self.best_epoch = trainer.current_epoch
-            self.best_state = {
-                k: v.detach().clone() for k, v in pl_module.module.state_dict().items()
-            }
+            self.best_state = cloned_weights(pl_module.module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.best_state is not None:
@@ -73,7 +76,7 @@ class StopOnNonFiniteLoss(pl.Callback):
         self.start_state: dict[str, torch.Tensor] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start_state = {k: v.detach().clone() for k, v in pl_module.module.state_dict().items()}
+        self.start_state = cloned_weights(pl_module.module)
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
