@@ -121,6 +121,10 @@ def test_three_conditions_any_source_to_any_target():
         pred = model.predict(indices=drug_a, target_condition=target)
         assert (pred.obs["condition"] == target).all()
         assert np.isfinite(pred.X).all()
+    # per-condition dispersions broadcast over the draws of z
+    drawn = model.predict(indices=drug_a, target_condition="drugB", n_samples=2)
+    assert drawn.shape == (2 * drug_a.size, 80)
+    np.testing.assert_array_equal(drawn.X, np.round(drawn.X))
 
 
 @pytest.mark.parametrize("likelihood", ["zinb", "normal"])

@@ -167,7 +167,8 @@ class TRVAEModule(BaseModuleClass):
             return {"y": y, "px": Normal(mean, torch.ones_like(mean))}
         px_scale = torch.softmax(mean, dim=-1)
         if self.dispersion == "gene-condition":
-            theta = self.log_theta.exp()[:, condition.reshape(-1).long()].T.reshape(px_scale.shape)
+            # (cells, genes): broadcasts over a leading sample axis of z
+            theta = self.log_theta.exp()[:, condition.reshape(-1).long()].T
         else:
             theta = self.log_theta.exp().T
         px_rate = library * px_scale
