@@ -18,6 +18,7 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from scvi.utils import setup_anndata_dsp
 from scvi.utils._docstrings import devices_dsp
 
+from ._calibration import calibrate_draws
 from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._data_splitter import ConditionBalancedDataSplitter
 from ._module import Dispersion, Likelihood, TRVAEModule
@@ -374,6 +375,7 @@ kernel_bandwidths, kl_weight
         indices: Sequence[int] | None = None,
         target_condition: str | None = None,
         n_samples: int = 0,
+        calibrate: bool | str = False,
         library_size: Literal["observed"] | float = "observed",
         batch_size: int | None = None,
         key_added: str | None = None,
@@ -394,6 +396,17 @@ kernel_bandwidths, kl_weight
             ``k > 0``: ``k`` draws of ``z`` and of the negative binomial per cell: realistic
             counts with cell-to-cell variance. The draws are stacked (``k × n_cells`` rows,
             draw number in ``obs["sctrvae_draw"]``).
+        calibrate
+            Correct the draws by the model's reconstruction error on the cells themselves
+            (count likelihoods, ``n_samples > 0``). The cells are also decoded under their own
+            condition, with the same number of draws; for each gene, the mean log-normalised
+            expression (``log1p(x / total × 1e4)``) of the observed cells minus that of their
+            reconstruction is added to every predicted draw. The decoder's error on a population
+            it never saw in the target condition is thereby assumed to be the one it makes on
+            that population's observed cells: the model predicts the change, the data the level.
+            ``True``: one correction over all returned cells; the name of an ``obs`` column
+            (e.g. the cell type): one per group. Adds ``layers["log_normalized"]`` (corrected,
+            clipped at 0) and ``uns["sctrvae_calibration"]`` (corrections, groups × genes).
         library_size
             ``"observed"``: each cell's own total count; a number: the same total for every cell.
         batch_size
@@ -406,13 +419,18 @@ kernel_bandwidths, kl_weight
         -------
         AnnData with the same ``var``, ``obs`` copied and ``obs[condition_key]`` set to the target;
         ``.X``: predicted expected counts (or sampled counts); ``.layers["normalized"]``: predicted
-        proportions, each row summing to 1 (count likelihoods only).
+        proportions, each row summing to 1 (count likelihoods only);
+        ``.layers["log_normalized"]`` with ``calibrate``.
         """
         if target_condition is None:
             raise ValueError(f"Pass target_condition, one of {self.conditions}.")
         target = self._condition_code(target_condition)
         if n_samples < 0:
             raise ValueError("n_samples must be 0 (deterministic mean) or a positive integer.")
+        if calibrate is not False and (n_samples == 0 or self.module.likelihood == "normal"):
+            raise ValueError(
+                "calibrate needs draws of counts: pass n_samples > 0, with a count likelihood."
+            )
         if library_size != "observed" and not (
             isinstance(library_size, int | float) and library_size > 0
         ):
@@ -425,6 +443,11 @@ kernel_bandwidths, kl_weight
                 "counts are not overwritten."
             )
         adata, selected, computed = self._prepare(adata, indices, key_added)
+        if isinstance(calibrate, str) and calibrate not in adata.obs:
+            raise KeyError(
+                f"calibrate={calibrate!r} is not a column of adata.obs; pass the column that "
+                "groups the cells (e.g. the cell type), or True for one group."
+            )
         self.module.eval()
         outputs: dict[str, list[np.ndarray]] = {}
         for tensors in self._make_data_loader(adata, indices=computed, batch_size=batch_size):
@@ -433,6 +456,9 @@ kernel_bandwidths, kl_weight
                 n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
                 library = torch.full((n, 1), float(library_size))
             out = self.module.transfer(tensors, target, n_samples=n_samples, library=library)
+            if calibrate is not False:
+                own = self.module.transfer(tensors, None, n_samples=n_samples, library=library)
+                out["reconstruction"] = own["expression"]
             for key, value in out.items():
                 outputs.setdefault(key, []).append(value.cpu().numpy().astype(np.float32))
         axis = 1 if n_samples > 0 else 0
@@ -442,7 +468,17 @@ kernel_bandwidths, kl_weight
             adata.layers[key_added] = expression.mean(0) if n_samples > 0 else expression
             position = np.searchsorted(computed, selected)
             arrays = {k: v[..., position, :] for k, v in arrays.items()}
-        return self._prediction_anndata(adata, selected, arrays, target_condition, n_samples)
+        pred = self._prediction_anndata(adata, selected, arrays, target_condition, n_samples)
+        if calibrate is not False:
+            counts = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
+            groups = adata.obs[calibrate].iloc[selected] if isinstance(calibrate, str) else None
+            corrected, corrections = calibrate_draws(
+                counts[selected], arrays["expression"], arrays["reconstruction"], groups
+            )
+            corrections.columns = adata.var_names
+            pred.layers["log_normalized"] = corrected
+            pred.uns["sctrvae_calibration"] = corrections
+        return pred
 
     def _prediction_anndata(
         self,

@@ -207,12 +207,13 @@ class TRVAEModule(BaseModuleClass):
     def transfer(
         self,
         tensors: dict[str, torch.Tensor],
-        target_condition: int,
+        target_condition: int | None,
         n_samples: int = 0,
         library: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode cells with their own condition and decode them with ``target_condition``.
 
+        ``target_condition=None``: decode with each cell's own condition (reconstruction).
         ``n_samples=0``: posterior mean of z and the likelihood's mean (deterministic).
         ``n_samples=k``: k draws of z and of the likelihood, stacked on a leading axis.
         ``library``: per-cell library sizes to decode at (default: the observed ones).
@@ -220,7 +221,9 @@ class TRVAEModule(BaseModuleClass):
         inference = self.inference(**self._get_inference_input(tensors))
         qz = inference["qz"]
         z = qz.loc if n_samples == 0 else qz.sample((n_samples,))
-        condition = torch.full_like(tensors[REGISTRY_KEYS.BATCH_KEY], target_condition).to(z.device)
+        condition = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
+        if target_condition is not None:
+            condition = torch.full_like(condition, target_condition)
         lib = inference["library"] if library is None else library.to(z.device)
         px = self.generative(z, condition, lib)["px"]
         out = {"expression": px.mean if n_samples == 0 else px.sample()}

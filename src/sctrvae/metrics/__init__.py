@@ -1,5 +1,17 @@
 """Scores of predicted against real cells."""
 
-from ._prediction import log_normalized, score_log_expression, score_prediction, top_degs
+from ._prediction import (
+    log1p_normalize,
+    log_normalized,
+    score_log_expression,
+    score_prediction,
+    top_degs,
+)
 
-__all__ = ["log_normalized", "score_log_expression", "score_prediction", "top_degs"]
+__all__ = [
+    "log1p_normalize",
+    "log_normalized",
+    "score_log_expression",
+    "score_prediction",
+    "top_degs",
+]

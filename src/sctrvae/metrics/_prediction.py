@@ -11,13 +11,20 @@ import scipy.sparse as sp
 TARGET_SUM = 1e4
 
 
-def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
-    """Dense ``log1p(x / row total × 1e4)`` of ``adata.X`` or a layer (counts or proportions)."""
-    x = adata.X if layer is None else adata.layers[layer]
+def log1p_normalize(x: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Dense float64 ``log1p(x / row total × 1e4)`` of a cells × genes matrix.
+
+    Counts or proportions alike; all-zero rows stay zero.
+    """
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     x = x.astype(np.float64)
-    totals = x.sum(1, keepdims=True)
+    totals = x.sum(-1, keepdims=True)
     return np.log1p(x / np.where(totals > 0, totals, 1.0) * TARGET_SUM)
+
+
+def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+    """:func:`log1p_normalize` of ``adata.X`` or of a layer."""
+    return log1p_normalize(adata.X if layer is None else adata.layers[layer])
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
