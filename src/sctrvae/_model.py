@@ -163,8 +163,10 @@ kernel_bandwidths, kl_weight
         Notes
         -----
         As in all of scvi-tools, registering adds ``_scvi_*`` columns to ``adata.obs`` and
-        ``_scvi_*`` keys to ``adata.uns``; nothing else of ``adata`` is changed. Views and backed
-        AnnData are rejected (make a copy / load into memory first).
+        ``_scvi_*`` keys to ``adata.uns``; nothing else of ``adata`` is changed. Views are
+        rejected (make a copy first). Backed AnnData (``ad.read_h5ad(path, backed="r")``) is
+        accepted: the input checks read its matrix in row blocks, and training and prediction
+        read only each minibatch's rows from disk.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         # validate everything before scvi-tools writes to adata, so a failure changes nothing
@@ -228,7 +230,9 @@ kernel_bandwidths, kl_weight
             and a KL warm-up over the first 10 epochs (``n_epochs_kl_warmup``); scvi-tools' own
             defaults (1e-3, 400 epochs) leave the KL under-weighted for most of a short run.
         datasplitter_kwargs
-            Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`.
+            Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`, e.g.
+            ``{"device_resident": True}``: copy the count matrix to the training device once and
+            slice every minibatch there (for a GPU starved by the data loader).
         **trainer_kwargs
             Keyword arguments of :class:`~scvi.train.Trainer` (``strategy``,
             ``gradient_clip_val``, ``enable_progress_bar``, ...).
