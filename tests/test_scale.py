@@ -9,6 +9,7 @@ import torch
 
 import sctrvae
 from sctrvae import DeviceResidentData, TRVAEModel
+from sctrvae._device_data import csr_rows
 
 TRAIN = {"max_epochs": 3, "batch_size": 64, "accelerator": "cpu", "enable_progress_bar": False}
 
@@ -75,6 +76,16 @@ def test_device_resident_rows_match_the_matrix(data, dense):
     np.testing.assert_array_equal(batch.numpy(), x[rows])
     codes = data.obs["condition"].cat.codes.to_numpy()[rows]
     np.testing.assert_array_equal(resident.codes[torch.as_tensor(rows)].numpy().ravel(), codes)
+
+
+def test_csr_rows_gathers_rows_as_on_an_accelerator():
+    x = sp.random(50, 20, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    x[[3, 30]] = 0  # empty rows
+    x.eliminate_zeros()
+    tensors = [torch.as_tensor(a) for a in (x.indptr.astype(np.int64), x.indices, x.data)]
+    rows = np.array([30, 0, 49, 3, 0, 17])
+    batch = csr_rows(*tensors, torch.as_tensor(rows), x.shape[1])
+    np.testing.assert_array_equal(batch.numpy(), x[rows].toarray())
 
 
 def test_device_resident_shares_memory_on_cpu(data):
