@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import pytest
 import torch
 
 import sctrvae
@@ -27,7 +28,8 @@ class RecordBatches(pl.Callback):
         path.write_text(json.dumps(self.seen))
 
 
-def test_ddp_ranks_train_on_disjoint_balanced_shards(tmp_path):
+@pytest.mark.parametrize("device_resident", [False, True])
+def test_ddp_ranks_train_on_disjoint_balanced_shards(tmp_path, device_resident):
     adata = sctrvae.datasets.simulate(n_cells=400, n_genes=30, seed=0)
     X = adata.X.toarray()
     X[:, 0] = np.arange(adata.n_obs)  # a unique id per cell in the counts themselves
@@ -43,6 +45,7 @@ def test_ddp_ranks_train_on_disjoint_balanced_shards(tmp_path):
         strategy="ddp_spawn",
         callbacks=[RecordBatches(tmp_path)],
         enable_progress_bar=False,
+        datasplitter_kwargs={"device_resident": device_resident},
     )
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for epoch in range(2):

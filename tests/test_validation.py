@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 import sctrvae
 from sctrvae import TRVAEModel
+from sctrvae import _validation as validation
 
 
 def small(n_cells=120, n_genes=30, seed=0, **kwargs):
@@ -93,17 +94,45 @@ def test_condition_with_one_cell_is_an_error_and_with_few_cells_a_warning():
     assert model.is_trained_
 
 
-def test_backed_anndata_is_rejected(tmp_path, trained):
+def write_backed(adata, path):
+    adata.write_h5ad(path)
+    return ad.read_h5ad(path, backed="r")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_backed_anndata_is_checked_for_nan_block_by_block(tmp_path, monkeypatch, value):
+    # blocks of 3 rows: the bad value sits in a later block than the first
+    monkeypatch.setattr(validation, "_CHUNK", 3 * 30)
     adata = small()
-    adata.write_h5ad(tmp_path / "a.h5ad")
-    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
-    with pytest.raises(ValueError, match=r"backed.*adata.to_memory\(\)"):
+    set_value(adata, 100, 4, value)
+    backed = write_backed(adata, tmp_path / "a.h5ad")
+    with pytest.raises(ValueError, match=r"adata.X contains 1 NaN or infinite values"):
         TRVAEModel.setup_anndata(backed, condition_key="condition")
-    model, train_adata = trained
-    train_adata.write_h5ad(tmp_path / "train.h5ad")
-    backed = ad.read_h5ad(tmp_path / "train.h5ad", backed="r")
-    with pytest.raises(ValueError, match="backed"):
-        model.predict(backed, target_condition="stimulated")
+    backed.file.close()
+
+
+@pytest.mark.parametrize(("value", "message"), [(-1.0, "negative"), (0.5, "non-integer")])
+def test_backed_anndata_is_checked_for_counts_block_by_block(tmp_path, monkeypatch, value, message):
+    monkeypatch.setattr(validation, "_CHUNK", 3 * 30)
+    adata = small()
+    set_value(adata, 100, 4, value)
+    backed = write_backed(adata, tmp_path / "a.h5ad")
+    TRVAEModel.setup_anndata(backed, condition_key="condition")
+    with pytest.raises(ValueError, match=rf"adata.X has {message} values"):
+        TRVAEModel(backed)
+    backed.file.close()
+
+
+def test_backed_cells_with_zero_counts_are_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "_CHUNK", 3 * 30)
+    adata = small()
+    x = adata.X.toarray()
+    x[[7, 110]] = 0
+    adata.X = sp.csr_matrix(x)
+    backed = write_backed(adata, tmp_path / "a.h5ad")
+    TRVAEModel.setup_anndata(backed, condition_key="condition")
+    with pytest.raises(ValueError, match=r"2 cells have zero total counts.*\[7, 110\]"):
+        TRVAEModel(backed)
     backed.file.close()
 
 

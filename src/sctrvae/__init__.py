@@ -2,6 +2,7 @@
 
 from . import benchmark, datasets, metrics, pl
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
+from ._device_data import DeviceResidentData
 from ._mmd import mmd, pairwise_condition_mmd
 from ._model import TRVAEModel
 from ._module import TRVAEModule
@@ -12,6 +13,7 @@ __all__ = [
     "ConditionBalancedDataLoader",
     "ConditionBalancedDataSplitter",
     "ConditionBalancedSampler",
+    "DeviceResidentData",
     "TRVAEModel",
     "TRVAEModule",
     "__version__",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 from torch.utils.data import DataLoader
 
+from ._device_data import DeviceResidentData, DeviceResidentDataset
 from ._sampler import ConditionBalancedSampler
 
 
@@ -17,6 +19,9 @@ class ConditionBalancedDataLoader(AnnDataLoader):
     Takes the arguments of :class:`~scvi.dataloaders.AnnDataLoader`; ``distributed_sampler=True``
     (set by scvi-tools under a DDP strategy) shards the cells over the ranks with
     :class:`~sctrvae.ConditionBalancedSampler` instead of scvi-tools' unbalanced sampler.
+
+    With ``resident`` (a :class:`~sctrvae.DeviceResidentData`), batches are sliced from the
+    device-resident matrix in the main process instead of from the AnnData.
     """
 
     def __init__(
@@ -30,6 +35,7 @@ class ConditionBalancedDataLoader(AnnDataLoader):
         min_cells_per_condition: int = 8,
         data_and_attributes: list[str] | dict[str, np.dtype] | None = None,
         load_sparse_tensor: bool = False,
+        resident: DeviceResidentData | None = None,
         **kwargs,
     ):
         if indices is None:
@@ -38,11 +44,16 @@ class ConditionBalancedDataLoader(AnnDataLoader):
         if indices.dtype == bool:
             indices = np.flatnonzero(indices)
         self.indices = indices
-        self.dataset = adata_manager.create_torch_dataset(
-            indices=indices,
-            data_and_attributes=data_and_attributes,
-            load_sparse_tensor=load_sparse_tensor,
-        )
+        if resident is None:
+            self.dataset = adata_manager.create_torch_dataset(
+                indices=indices,
+                data_and_attributes=data_and_attributes,
+                load_sparse_tensor=load_sparse_tensor,
+            )
+        else:
+            self.dataset = DeviceResidentDataset(resident, indices)
+            # batches are already on the device: worker processes and pinning have no use
+            kwargs.update(num_workers=0, persistent_workers=False, pin_memory=False)
         codes = adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).reshape(-1)[indices]
         sampler = ConditionBalancedSampler(
             codes,
@@ -68,14 +79,63 @@ class ConditionBalancedDataSplitter(DataSplitter):
     Validation batches are balanced too, so that the logged validation MMD is comparable. The
     train/validation split is drawn once, when the splitter is built: processes spawned for DDP
     then share it even without ``scvi.settings.seed`` (each would otherwise draw its own, and the
-    ranks' shards would overlap).
+    ranks' shards would overlap). Each set is kept in increasing order, so that the sampler's
+    sorted positions are sorted rows of the AnnData.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Arguments of :class:`~scvi.dataloaders.DataSplitter` and of the loaders.
+    device_resident
+        Copy the count matrix (CSR or dense, in memory) and the condition codes to the training
+        device once, when training starts, and slice every training and validation batch from
+        that copy on the device (:class:`~sctrvae.DeviceResidentData`). Keeps a GPU busy that
+        the Python data loader would starve; needs the whole matrix to fit in device memory
+        (on CPU it shares the AnnData's memory). Each DDP process holds its own copy.
     """
 
     data_loader_cls = ConditionBalancedDataLoader
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, device_resident: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.device_resident = device_resident
+        self._resident: DeviceResidentData | None = None
         super().setup()
+        self.train_idx, self.val_idx, self.test_idx = (
+            np.sort(i) for i in (self.train_idx, self.val_idx, self.test_idx)
+        )
 
     def setup(self, stage: str | None = None):
         """Keep the split drawn at construction."""
+
+    def _resident_data(self) -> DeviceResidentData | None:
+        """The device copy, made on first use in each training process and shared by loaders."""
+        if not self.device_resident:
+            return None
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self._resident is None or self._resident.device != device:
+            self._resident = DeviceResidentData(self.adata_manager, device)
+        return self._resident
+
+    def _loader(self, indices: np.ndarray, shuffle: bool, drop_last: bool):
+        return self.data_loader_cls(
+            self.adata_manager,
+            indices=indices,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            load_sparse_tensor=self.load_sparse_tensor,
+            pin_memory=self.pin_memory,
+            resident=self._resident_data(),
+            **self.data_loader_kwargs,
+        )
+
+    def train_dataloader(self):
+        """Condition-balanced, shuffled training batches."""
+        return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self):
+        """Condition-balanced validation batches (``None`` without validation cells)."""
+        if len(self.val_idx) > 0:
+            return self._loader(self.val_idx, shuffle=False, drop_last=False)
+        return None

@@ -164,8 +164,10 @@ kernel_bandwidths, kl_weight
         Notes
         -----
         As in all of scvi-tools, registering adds ``_scvi_*`` columns to ``adata.obs`` and
-        ``_scvi_*`` keys to ``adata.uns``; nothing else of ``adata`` is changed. Views and backed
-        AnnData are rejected (make a copy / load into memory first).
+        ``_scvi_*`` keys to ``adata.uns``; nothing else of ``adata`` is changed. Views are
+        rejected (make a copy first). Backed AnnData (``ad.read_h5ad(path, backed="r")``) is
+        accepted: the input checks read its matrix in row blocks, and training and prediction
+        read only each minibatch's rows from disk.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         # validate everything before scvi-tools writes to adata, so a failure changes nothing
@@ -229,7 +231,9 @@ kernel_bandwidths, kl_weight
             and a KL warm-up over the first 10 epochs (``n_epochs_kl_warmup``); scvi-tools' own
             defaults (1e-3, 400 epochs) leave the KL under-weighted for most of a short run.
         datasplitter_kwargs
-            Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`.
+            Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`, e.g.
+            ``{"device_resident": True}``: copy the count matrix to the training device once and
+            slice every minibatch there (for a GPU starved by the data loader).
         **trainer_kwargs
             Keyword arguments of :class:`~scvi.train.Trainer` (``strategy``,
             ``gradient_clip_val``, ``enable_progress_bar``, ...).
@@ -295,8 +299,9 @@ kernel_bandwidths, kl_weight
             selected = np.flatnonzero(selected)
         if selected.size == 0:
             raise ValueError("`indices` is empty: select at least one cell.")
-        # results written to `adata` must cover every cell, so compute them all then
-        computed = np.arange(adata.n_obs) if key_added is not None else selected
+        # results written to `adata` must cover every cell, so compute them all then; cells are
+        # computed in increasing order, the order in which scvi-tools reads backed data
+        computed = np.arange(adata.n_obs) if key_added is not None else np.unique(selected)
         return adata, selected, computed
 
     def _check_new_anndata(self, adata: ad.AnnData, key_added: str | None) -> ad.AnnData:
@@ -365,8 +370,7 @@ kernel_bandwidths, kl_weight
         result = np.concatenate(chunks)
         if key_added is not None:
             adata.obsm[key_added] = result
-            return result[selected]
-        return result
+        return result[np.searchsorted(computed, selected)]
 
     @torch.inference_mode()
     def predict(
@@ -449,23 +453,28 @@ kernel_bandwidths, kl_weight
                 "groups the cells (e.g. the cell type), or True for one group."
             )
         self.module.eval()
-        outputs: dict[str, list[np.ndarray]] = {}
+        # outputs are filled in place, batch by batch: memory is the output plus one batch
+        arrays: dict[str, np.ndarray] = {}
+        start = 0
         for tensors in self._make_data_loader(adata, indices=computed, batch_size=batch_size):
+            n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
             library = None
             if library_size != "observed":
-                n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
                 library = torch.full((n, 1), float(library_size))
             out = self.module.transfer(tensors, target, n_samples=n_samples, library=library)
             if calibrate is not False:
                 own = self.module.transfer(tensors, None, n_samples=n_samples, library=library)
                 out["reconstruction"] = own["expression"]
             for key, value in out.items():
-                outputs.setdefault(key, []).append(value.cpu().numpy().astype(np.float32))
-        axis = 1 if n_samples > 0 else 0
-        arrays = {key: np.concatenate(chunks, axis=axis) for key, chunks in outputs.items()}
+                if key not in arrays:
+                    shape = (*value.shape[:-2], computed.size, value.shape[-1])
+                    arrays[key] = np.empty(shape, dtype=np.float32)
+                arrays[key][..., start : start + n, :] = value.cpu().numpy()
+            start += n
         if key_added is not None:
             expression = arrays["expression"]
             adata.layers[key_added] = expression.mean(0) if n_samples > 0 else expression
+        if not np.array_equal(computed, selected):
             position = np.searchsorted(computed, selected)
             arrays = {k: v[..., position, :] for k, v in arrays.items()}
         pred = self._prediction_anndata(adata, selected, arrays, target_condition, n_samples)

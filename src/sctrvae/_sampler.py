@@ -20,6 +20,10 @@ class ConditionBalancedSampler(Sampler[list[int]]):
     Under DDP each rank takes a disjoint, interleaved slice of every condition, and all ranks
     yield the same number of batches (required for the collective all-reduce to line up).
 
+    The positions within a batch are in increasing order (the order within a batch does not
+    matter to the model): sliced rows are then read front to back, and a backed AnnData, which
+    scvi-tools reads in sorted order, gives the same batches as the same data in memory.
+
     Parameters
     ----------
     conditions
@@ -98,5 +102,5 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         orders = [shared.permutation(g) if self.shuffle else g for g in self.groups]
         pieces = [np.array_split(self._rank_share(o, local), self.n_batches) for o in orders]
         for b in range(self.n_batches):
-            batch = np.concatenate([piece[b] for piece in pieces])
-            yield (local.permutation(batch) if self.shuffle else batch).tolist()
+            # increasing positions: contiguous reads, in the order scvi-tools reads backed data
+            yield np.sort(np.concatenate([piece[b] for piece in pieces])).tolist()

@@ -33,19 +33,30 @@ def _chunks(values: np.ndarray) -> Iterator[np.ndarray]:
         yield values[start : start + _CHUNK]
 
 
-def check_anndata_object(adata: ad.AnnData, call: str) -> None:
-    """Raise for AnnData objects the model cannot use as they are: backed ones.
+def _in_memory_blocks(matrix) -> Iterator:
+    """``matrix`` itself when in memory; row blocks of it read one by one when it is backed.
 
-    Backed (on-disk) AnnData is not supported: the condition-balanced sampler reads cells in
-    random order, which is slow from HDF5 and not supported by scvi-tools for every format.
+    A backed matrix (an HDF5 / zarr dataset of a ``backed="r"`` AnnData) is never loaded whole:
+    each block holds at most about ``_CHUNK`` entries.
     """
+    if isinstance(matrix, np.ndarray) or sp.issparse(matrix):
+        yield matrix
+        return
+    n_rows, n_cols = matrix.shape
+    step = max(1, _CHUNK // max(n_cols, 1))
+    for start in range(0, n_rows, step):
+        yield matrix[start : start + step]
+
+
+def _value_chunks(matrix) -> Iterator[np.ndarray]:
+    for block in _in_memory_blocks(matrix):
+        yield from _chunks(matrix_values(block))
+
+
+def check_anndata_object(adata: ad.AnnData, call: str) -> None:
+    """Raise unless ``adata`` is an AnnData object (in memory or backed)."""
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"{call} needs an AnnData object, got {type(adata).__name__}.")
-    if adata.isbacked:
-        raise ValueError(
-            f"{call}: adata is backed (opened with backed='r'), which is not supported; load it "
-            "into memory first with `adata = adata.to_memory()`."
-        )
 
 
 def check_not_view(adata: ad.AnnData, call: str) -> None:
@@ -60,10 +71,9 @@ def check_not_view(adata: ad.AnnData, call: str) -> None:
 
 def check_finite(matrix, where: str) -> None:
     """Raise if ``matrix`` holds NaN or infinite values."""
-    values = matrix_values(matrix)
-    if not np.issubdtype(values.dtype, np.floating):
+    if not np.issubdtype(matrix.dtype, np.floating):
         return
-    n_bad = sum(int(np.count_nonzero(~np.isfinite(chunk))) for chunk in _chunks(values))
+    n_bad = sum(int(np.count_nonzero(~np.isfinite(chunk))) for chunk in _value_chunks(matrix))
     if n_bad:
         raise ValueError(
             f"{where} contains {n_bad} NaN or infinite values; remove or impute them first "
@@ -76,25 +86,27 @@ def check_expression(matrix, likelihood: str, where: str) -> None:
 
     Every likelihood needs finite values; count likelihoods need non-negative integers and no
     cell with zero total counts (its library size is zero, so it has no likelihood to fit).
+    A backed matrix is read block by block, once per check.
     """
     check_finite(matrix, where)
     if likelihood not in ("nb", "zinb"):
         return
-    values = matrix_values(matrix)
-    if any(bool((chunk < 0).any()) for chunk in _chunks(values)):
+    if any(bool((chunk < 0).any()) for chunk in _value_chunks(matrix)):
         raise ValueError(
             f"{where} has negative values, which a count likelihood ({likelihood!r}) cannot "
             "model: pass the raw-count layer with `layer=`, or use likelihood='normal'."
         )
-    if np.issubdtype(values.dtype, np.floating) and any(
-        not np.array_equal(chunk, np.round(chunk)) for chunk in _chunks(values)
+    if np.issubdtype(matrix.dtype, np.floating) and any(
+        not np.array_equal(chunk, np.round(chunk)) for chunk in _value_chunks(matrix)
     ):
         raise ValueError(
             f"{where} has non-integer values and looks log-normalised: pass the raw-count "
             "layer with `layer=` (the NB/ZINB likelihoods model raw counts), or use "
             "likelihood='normal' for log-normalised data."
         )
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    totals = np.concatenate(
+        [np.asarray(block.sum(axis=1)).ravel() for block in _in_memory_blocks(matrix)]
+    )
     empty = np.flatnonzero(totals == 0)
     if empty.size:
         raise ValueError(
