@@ -481,8 +481,10 @@ kernel_bandwidths, kl_weight
         if calibrate is not False:
             counts = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
             groups = adata.obs[calibrate].iloc[selected] if isinstance(calibrate, str) else None
+            order = np.argsort(selected)  # backed files are read in increasing row order
+            observed = counts[selected[order]][np.argsort(order)]
             corrected, corrections = calibrate_draws(
-                counts[selected], arrays["expression"], arrays["reconstruction"], groups
+                observed, arrays["expression"], arrays["reconstruction"], groups
             )
             corrections.columns = adata.var_names
             pred.layers["log_normalized"] = corrected
