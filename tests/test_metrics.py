@@ -30,6 +30,17 @@ def test_real_cells_score_perfectly_against_themselves(populations):
         assert value == pytest.approx(1.0)
 
 
+def test_log_normalised_predictions_are_scored_as_they_are(populations):
+    target, source = populations
+    logged = target.copy()
+    logged.layers["log"] = log_normalized(target)
+    expected = score_prediction(target, target, source, n_degs=20)
+    scores = score_prediction(
+        logged, target, source, n_degs=20, predicted_layer="log", predicted_is_log=True
+    )
+    assert scores == pytest.approx(expected)
+
+
 def test_identity_prediction_has_no_change_to_correlate(populations):
     target, source = populations
     scores = score_prediction(source, target, source, n_degs=20)

@@ -54,6 +54,7 @@ def score_prediction(
     degs: np.ndarray | None = None,
     n_degs: int = 100,
     predicted_layer: str | None = None,
+    predicted_is_log: bool = False,
 ) -> dict[str, float]:
     """Score a predicted population against the real target cells.
 
@@ -70,6 +71,9 @@ def score_prediction(
     predicted_layer
         Layer of ``predicted`` to read (``"normalized"`` for predicted proportions); default
         ``X`` (counts, e.g. NB draws).
+    predicted_is_log
+        The predicted values are already log-normalised (e.g. ``layers["log_normalized"]`` of
+        ``predict(calibrate=True)``) and are used as they are.
 
     Returns
     -------
@@ -84,8 +88,9 @@ def score_prediction(
         raise ValueError("predicted, real_target and real_source must have the same var_names.")
     if degs is None:
         degs = top_degs(real_target, real_source, n_degs)
+    values = predicted.X if predicted_layer is None else predicted.layers[predicted_layer]
     return score_log_expression(
-        log_normalized(predicted, predicted_layer),
+        np.asarray(values) if predicted_is_log else log1p_normalize(values),
         log_normalized(real_target),
         log_normalized(real_source),
         real_target.var_names.isin(degs),
