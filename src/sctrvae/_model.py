@@ -465,6 +465,7 @@ kernel_bandwidths, kl_weight
             if calibrate is not False:
                 own = self.module.transfer(tensors, None, n_samples=n_samples, library=library)
                 out["reconstruction"] = own["expression"]
+                out["observed"] = tensors[REGISTRY_KEYS.X_KEY]  # already read for this batch
             for key, value in out.items():
                 if key not in arrays:
                     shape = (*value.shape[:-2], computed.size, value.shape[-1])
@@ -479,12 +480,9 @@ kernel_bandwidths, kl_weight
             arrays = {k: v[..., position, :] for k, v in arrays.items()}
         pred = self._prediction_anndata(adata, selected, arrays, target_condition, n_samples)
         if calibrate is not False:
-            counts = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
             groups = adata.obs[calibrate].iloc[selected] if isinstance(calibrate, str) else None
-            order = np.argsort(selected)  # backed files are read in increasing row order
-            observed = counts[selected[order]][np.argsort(order)]
             corrected, corrections = calibrate_draws(
-                observed, arrays["expression"], arrays["reconstruction"], groups
+                arrays["observed"], arrays["expression"], arrays["reconstruction"], groups
             )
             corrections.columns = adata.var_names
             pred.layers["log_normalized"] = corrected
