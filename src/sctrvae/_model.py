@@ -122,8 +122,7 @@ kernel_bandwidths, kl_weight
     @property
     def _x_name(self) -> str:
         """How the registered count matrix is spelled in messages."""
-        layer = self.registry_["setup_args"]["layer"]
-        return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        return _matrix_name(self.registry_["setup_args"]["layer"])
 
     @property
     def training_var_names(self) -> pd.Index:
@@ -182,8 +181,7 @@ kernel_bandwidths, kl_weight
         if source_registry is not None:  # load() or a model loaded without data
             check_var_names(adata.var_names, _registry_var_names(source_registry))
         check_condition_column(adata.obs, condition_key)
-        x_name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_finite(adata.X if layer is None else adata.layers[layer], x_name)
+        check_finite(adata.X if layer is None else adata.layers[layer], _matrix_name(layer))
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, condition_key),
@@ -517,6 +515,11 @@ kernel_bandwidths, kl_weight
             var=adata.var.copy(),
             layers=layers,
         )
+
+
+def _matrix_name(layer: str | None) -> str:
+    """How the count matrix in ``layer`` (``None``: ``X``) is spelled in messages."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
 def _registry_var_names(registry: dict) -> pd.Index:
