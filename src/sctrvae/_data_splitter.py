@@ -13,6 +13,11 @@ from ._device_data import DeviceResidentData, DeviceResidentDataset
 from ._sampler import ConditionBalancedSampler
 
 
+def shuffle_seed() -> int:
+    """``scvi.settings.seed``, or fresh entropy when it is unset: each run shuffles anew."""
+    return settings.seed if settings.seed is not None else np.random.SeedSequence().entropy
+
+
 class ConditionBalancedDataLoader(AnnDataLoader):
     """:class:`~scvi.dataloaders.AnnDataLoader` whose batches each contain every condition.
 
@@ -21,7 +26,9 @@ class ConditionBalancedDataLoader(AnnDataLoader):
     :class:`~sctrvae.ConditionBalancedSampler` instead of scvi-tools' unbalanced sampler.
 
     With ``resident`` (a :class:`~sctrvae.DeviceResidentData`), batches are sliced from the
-    device-resident matrix in the main process instead of from the AnnData.
+    device-resident matrix in the main process instead of from the AnnData. ``seed`` is the base
+    seed of the sampler's shuffles (every DDP rank must pass the same one); ``None`` takes
+    ``scvi.settings.seed``, or fresh entropy when that is unset.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class ConditionBalancedDataLoader(AnnDataLoader):
         data_and_attributes: list[str] | dict[str, np.dtype] | None = None,
         load_sparse_tensor: bool = False,
         resident: DeviceResidentData | None = None,
+        seed: int | None = None,
         **kwargs,
     ):
         if indices is None:
@@ -63,7 +71,7 @@ class ConditionBalancedDataLoader(AnnDataLoader):
             min_cells_per_condition=min_cells_per_condition,
             num_replicas=None if distributed_sampler else 1,
             rank=None if distributed_sampler else 0,
-            seed=settings.seed or 0,
+            seed=shuffle_seed() if seed is None else seed,
         )
         kwargs.setdefault("num_workers", settings.dl_num_workers)
         kwargs.setdefault("persistent_workers", settings.dl_persistent_workers)
@@ -77,10 +85,12 @@ class ConditionBalancedDataSplitter(DataSplitter):
     """:class:`~scvi.dataloaders.DataSplitter` with :class:`ConditionBalancedDataLoader` loaders.
 
     Validation batches are balanced too, so that the logged validation MMD is comparable. The
-    train/validation split is drawn once, when the splitter is built: processes spawned for DDP
-    then share it even without ``scvi.settings.seed`` (each would otherwise draw its own, and the
-    ranks' shards would overlap). Each set is kept in increasing order, so that the sampler's
-    sorted positions are sorted rows of the AnnData.
+    train/validation split and the sampler's base seed (``scvi.settings.seed``, fresh when unset)
+    are drawn when the splitter is built, and :meth:`setup` gives every DDP rank those of rank 0:
+    without ``scvi.settings.seed``, processes that each built their own splitter
+    (``strategy="ddp"`` launched as a script, ``torchrun``) would otherwise draw different splits,
+    and the ranks' shards would overlap each other's validation cells. Each set is kept in
+    increasing order, so that the sampler's sorted positions are sorted rows of the AnnData.
 
     Parameters
     ----------
@@ -100,13 +110,21 @@ class ConditionBalancedDataSplitter(DataSplitter):
         super().__init__(*args, **kwargs)
         self.device_resident = device_resident
         self._resident: DeviceResidentData | None = None
+        self.data_loader_kwargs.setdefault("seed", shuffle_seed())
         super().setup()
         self.train_idx, self.val_idx, self.test_idx = (
             np.sort(i) for i in (self.train_idx, self.val_idx, self.test_idx)
         )
 
     def setup(self, stage: str | None = None):
-        """Keep the split drawn at construction."""
+        """Take rank 0's split and sampler seed (Lightning calls this on every rank)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        drawn = (self.train_idx, self.val_idx, self.test_idx, self.data_loader_kwargs["seed"])
+        self.train_idx, self.val_idx, self.test_idx, self.data_loader_kwargs["seed"] = (
+            trainer.strategy.broadcast(drawn, src=0)
+        )
 
     def _resident_data(self) -> DeviceResidentData | None:
         """The device copy, made on first use in each training process and shared by loaders."""
