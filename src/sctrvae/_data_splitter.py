@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scvi import REGISTRY_KEYS, settings
@@ -16,6 +18,24 @@ from ._sampler import ConditionBalancedSampler
 def shuffle_seed() -> int:
     """``scvi.settings.seed``, or fresh entropy when it is unset: each run shuffles anew."""
     return settings.seed if settings.seed is not None else np.random.SeedSequence().entropy
+
+
+def has_validation_cells(
+    n_obs: int,
+    train_size: float | None = None,
+    validation_size: float | None = None,
+    external_indexing: list[np.ndarray] | None = None,
+) -> bool:
+    """Whether a :class:`~scvi.dataloaders.DataSplitter` with these arguments validates on any cell.
+
+    Follows scvi-tools' sizes: ``ceil(train_size * n_obs)`` training cells (0.9 by default), and
+    the rest, or ``floor(validation_size * n_obs)``, for validation.
+    """
+    if external_indexing is not None:
+        return len(external_indexing[1]) > 0
+    if validation_size is not None:
+        return math.floor(validation_size * n_obs) > 0
+    return math.ceil((train_size or 0.9) * n_obs) < n_obs
 
 
 class ConditionBalancedDataLoader(AnnDataLoader):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -20,7 +21,7 @@ from scvi.utils._docstrings import devices_dsp
 
 from ._calibration import calibrate_draws
 from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
-from ._data_splitter import ConditionBalancedDataSplitter
+from ._data_splitter import ConditionBalancedDataSplitter, has_validation_cells
 from ._module import Dispersion, Likelihood, TRVAEModule
 from ._training_plan import TRVAETrainingPlan
 from ._validation import (
@@ -221,7 +222,8 @@ kernel_bandwidths, kl_weight
         early_stopping
             Stop when ``validation_loss`` (ELBO terms + weighted MMD) has not improved for
             ``early_stopping_patience`` epochs after the KL warm-up, and restore the weights of
-            the best epoch. Disabled by scvi-tools under DDP.
+            the best epoch. Disabled by scvi-tools under DDP, and here (with a warning) when
+            there are no validation cells (``train_size=1.0`` or ``validation_size=0``).
         min_cells_per_condition
             Floor of cells of each condition in every minibatch (small conditions are resampled).
         plan_kwargs
@@ -254,6 +256,16 @@ kernel_bandwidths, kl_weight
             trainer_kwargs.setdefault("use_distributed_sampler", False)
         # a diverged run raises instead of leaving NaN weights behind
         callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), StopOnNonFiniteLoss()]
+        external = datasplitter_kwargs.get("external_indexing")
+        validated = has_validation_cells(self.adata.n_obs, train_size, validation_size, external)
+        if early_stopping and not distributed and not validated:
+            warnings.warn(
+                "There are no validation cells: training runs all max_epochs without early "
+                "stopping or restoring the best weights.",
+                UserWarning,
+                stacklevel=2,
+            )
+            early_stopping = False
         # scvi-tools switches early stopping off under DDP, and with it validation
         if early_stopping and not distributed:
             warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
