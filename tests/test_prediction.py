@@ -167,7 +167,7 @@ def test_scores_and_plots_read_the_same_expression(trained):
     )
 
 
-def test_a_layer_written_by_predict_is_read_as_it_is(trained):
+def test_a_layer_written_by_predict_is_read_as_it_is(trained, tmp_path):
     model, adata = trained
     work = adata.copy()
     source = np.flatnonzero(
@@ -184,6 +184,11 @@ def test_a_layer_written_by_predict_is_read_as_it_is(trained):
         key_added="trvae_stimulated",
     )
     degs = list(work.var_names[:10])
+    # the layer and its record survive a round trip through h5ad
+    work.write_h5ad(tmp_path / "work.h5ad")
+    work = ad.read_h5ad(tmp_path / "work.h5ad")
+    assert work.uns["trvae_stimulated"] == pred.uns["sctrvae_prediction"]
+    real = work[(work.obs["condition"] == "stimulated") & (work.obs["cell_type"] == "type_1")]
     # the whole AnnData: rows not predicted (NaN) are left out
     from_layer = sctrvae.metrics.score_prediction(
         work, real, work[source], degs=degs, predicted_layer="trvae_stimulated"

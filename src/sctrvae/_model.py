@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 # scvi-tools' view_anndata_setup calls rich.pretty without importing it; rich < 15 imported it
-# as a side effect of rich.table, rich 15 no longer does
+# at the top of rich.console, rich 15 imports it lazily
 import rich.pretty  # noqa: F401
 import torch
 from scvi import REGISTRY_KEYS
@@ -406,7 +406,7 @@ kernel_bandwidths, kl_weight
         give_mean
             Posterior mean of ``z`` (deterministic) or one sample.
         mc_samples
-            Unused: the posterior of ``z`` is Gaussian, its mean is exact (kept for scvi-tools).
+            As in scvi-tools; unused here: the posterior of ``z`` is Gaussian, its mean exact.
         batch_size
             Cells per forward pass (memory stays flat in the number of cells).
         return_dist
@@ -443,7 +443,10 @@ kernel_bandwidths, kl_weight
             loader = dataloader
         if representation == "z":
             result = super().get_latent_representation(
-                give_mean=give_mean, return_dist=return_dist, dataloader=loader
+                give_mean=give_mean,
+                mc_samples=mc_samples,
+                return_dist=return_dist,
+                dataloader=loader,
             )
         else:
             result = self._decoder_layer(loader, give_mean)
@@ -533,8 +536,8 @@ kernel_bandwidths, kl_weight
         ``var``, ``obs`` copied and ``obs[condition_key]`` set to the target. ``.X``: expected
         counts (``"mean"``) or sampled counts; ``.layers["normalized"]``: predicted
         proportions, each row summing to 1 (count likelihoods); ``.layers["log_normalized"]``:
-        the readout, log-normalised, which :func:`sctrvae.metrics.score_prediction` and
-        :mod:`sctrvae.pl` read by default; ``.uns["sctrvae_prediction"]``: the record above;
+        the readout, log-normalised, which :func:`sctrvae.metrics.score_prediction` and the
+        plots in ``sctrvae.pl`` read by default; ``.uns["sctrvae_prediction"]``: the record above;
         ``.uns["sctrvae_calibration"]`` (``"calibrated"``): the corrections, groups × genes.
         """
         if target_condition is None:

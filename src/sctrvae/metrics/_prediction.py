@@ -107,8 +107,8 @@ def score_prediction(
         Genes for the ``*_deg`` scores; default the top ``n_degs`` Wilcoxon genes.
     predicted_layer, predicted_is_log
         What to read of ``predicted`` and whether it is log-normalised already; by default the
-        readout ``predict`` returned. See :func:`prediction_expression`, which
-        :mod:`sctrvae.pl` uses too.
+        readout ``predict`` returned. See :func:`prediction_expression`, which the
+        plots in ``sctrvae.pl`` use too.
 
     Returns
     -------
