@@ -196,6 +196,19 @@ def test_a_layer_written_by_predict_is_read_as_it_is(trained, tmp_path):
     assert from_layer == pytest.approx(
         sctrvae.metrics.score_prediction(pred, real, work[source], degs=degs)
     )
+    # predicted_layer=None reads X: here the draws before calibration
+    uncalibrated = sctrvae.metrics.score_prediction(
+        pred, real, work[source], degs=degs, predicted_layer=None
+    )
+    assert uncalibrated == pytest.approx(
+        sctrvae.metrics.score_log_expression(
+            log1p_normalize(pred.X),
+            log1p_normalize(real.X),
+            log1p_normalize(work[source].X),
+            work.var_names.isin(degs),
+        )
+    )
+    assert uncalibrated != pytest.approx(from_layer)
     # scGen's form: one AnnData, the populations told apart by condition_key / axis_keys
     ax = sctrvae.pl.reg_mean_plot(
         work[work.obs["cell_type"] == "type_1"],

@@ -30,7 +30,7 @@ def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
 
 
 def prediction_expression(
-    adata: ad.AnnData, layer: str | None = None, is_log: bool | None = None
+    adata: ad.AnnData, layer: str | None = PREDICTION_LAYER, is_log: bool | None = None
 ) -> np.ndarray:
     """Log-normalised expression of predicted cells, as the scores and plots compare it.
 
@@ -40,8 +40,8 @@ def prediction_expression(
         Predicted cells: the output of :meth:`~sctrvae.TRVAEModel.predict`, or an AnnData that
         ``predict(..., key_added=...)`` wrote a layer into.
     layer
-        Layer to read; ``None``: ``layers["log_normalized"]`` (the readout ``predict`` returns)
-        when there is one, else ``X``.
+        Layer to read, ``None`` for ``X``. The default, ``"log_normalized"``, is the readout
+        ``predict`` returns; an AnnData without that layer (e.g. real cells) is read from ``X``.
     is_log
         Whether the values are log-normalised already (used as they are) or counts /
         proportions (log-normalised here). ``None``: already for ``layers["log_normalized"]``
@@ -52,8 +52,8 @@ def prediction_expression(
     Dense ``(cells, genes)`` array; rows that are all NaN (cells ``predict`` was not asked
     for) are left out.
     """
-    if layer is None and PREDICTION_LAYER in adata.layers:
-        layer = PREDICTION_LAYER
+    if layer == PREDICTION_LAYER and layer not in adata.layers:
+        layer = None
     if is_log is None:
         record = adata.uns.get(layer) if layer is not None else None
         is_log = layer == PREDICTION_LAYER or (isinstance(record, dict) and "readout" in record)
@@ -90,7 +90,7 @@ def score_prediction(
     real_source: ad.AnnData,
     degs: np.ndarray | None = None,
     n_degs: int = 100,
-    predicted_layer: str | None = None,
+    predicted_layer: str | None = PREDICTION_LAYER,
     predicted_is_log: bool | None = None,
 ) -> dict[str, float]:
     """Score a predicted population against the real target cells.

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from ..metrics._prediction import log_normalized, prediction_expression
+from ..metrics._prediction import PREDICTION_LAYER, log_normalized, prediction_expression
 
 _PARAMETERS = """
     Parameters
@@ -131,7 +131,7 @@ def reg_mean_plot(
     predicted: ad.AnnData,
     real: ad.AnnData | None = None,
     degs: Sequence[str] | None = None,
-    predicted_layer: str | None = None,
+    predicted_layer: str | None = PREDICTION_LAYER,
     n_labels: int = 5,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -150,7 +150,7 @@ def reg_var_plot(
     predicted: ad.AnnData,
     real: ad.AnnData | None = None,
     degs: Sequence[str] | None = None,
-    predicted_layer: str | None = None,
+    predicted_layer: str | None = PREDICTION_LAYER,
     n_labels: int = 5,
     ax: Axes | None = None,
     show: bool | None = None,
