@@ -612,18 +612,18 @@ kernel_bandwidths, kl_weight
             record["groupby"] = groupby
         if readout == "calibrated":
             groups = None if groupby is None else adata.obs[groupby].iloc[selected]
-            corrected, corrections = calibrate_draws(
+            log_expression, corrections = calibrate_draws(
                 arrays["observed"], arrays["expression"], arrays["reconstruction"], groups
             )
             corrections.columns = adata.var_names
             pred.uns["sctrvae_calibration"] = corrections
-            per_cell = corrected.reshape(n_samples, selected.size, -1).mean(0)
+            per_cell = log_expression.reshape(n_samples, selected.size, -1).mean(0)
         else:
-            corrected = self._log_expression(pred.X)
+            log_expression = self._log_expression(pred.X)
             per_cell = self._log_expression(
                 arrays["expression"] if readout == "mean" else arrays["expression"].mean(0)
             )
-        pred.layers["log_normalized"] = corrected
+        pred.layers["log_normalized"] = log_expression
         pred.uns["sctrvae_prediction"] = record
         if key_added is not None:
             written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
