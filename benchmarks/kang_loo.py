@@ -5,7 +5,7 @@
 Data: ``$SCTRVAE_KANG_PATH`` or ``../shared/data/kang_pbmc_ifnb_1975.h5ad`` beside the repository.
 Default model and default ``train()``. Readouts: "mean" (``predict()``), "sampled"
 (``predict(n_samples=10)``, NB draws normalised like real cells) and "calibrated" (the same draws
-with ``calibrate=True``).
+with ``readout="calibrated"``).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def assert_same_matrix(before, after, name):
     np.testing.assert_array_equal(before, after, err_msg=name)
 
 
-def check_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=()):
+def check_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=(), added_uns=()):
     """Assert ``adata`` equals the ``before`` snapshot.
 
     ``scvi_keys=True`` ignores the ``_scvi_*`` obs columns and uns keys (scvi-tools' convention
@@ -101,7 +101,7 @@ def check_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=(
         before_uns, before_obs = before["uns"], before["obs"]
     pd.testing.assert_frame_equal(before_obs, obs)
     pd.testing.assert_frame_equal(before["var"], after["var"])
-    assert uns == before_uns
+    assert uns == before_uns | set(added_uns)
 
 
 @pytest.fixture
@@ -112,5 +112,6 @@ def snapshot():
 
 @pytest.fixture
 def assert_unchanged():
-    """``assert_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=())``."""
+    """``assert_unchanged(before, adata, scvi_keys=True, added_layers=(), added_obsm=(), \
+added_uns=())``."""
     return check_unchanged

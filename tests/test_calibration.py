@@ -1,4 +1,4 @@
-"""predict(calibrate=...): draws shifted by the reconstruction error of the cells themselves."""
+"""predict(readout="calibrated"): draws shifted by the reconstruction error of the cells."""
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,11 @@ def test_predict_calibrated_per_group(trained):
     model, adata = trained
     control = np.flatnonzero(adata.obs["condition"] == "control")
     pred = model.predict(
-        indices=control, target_condition="stimulated", n_samples=3, calibrate="cell_type"
+        indices=control,
+        target_condition="stimulated",
+        readout="calibrated",
+        n_samples=3,
+        groupby="cell_type",
     )
     assert pred.layers["log_normalized"].shape == (3 * control.size, adata.n_vars)
     assert (pred.layers["log_normalized"] >= 0).all()
@@ -58,7 +62,9 @@ def test_predict_calibrated_per_group(trained):
 def test_calibrating_to_the_own_condition_recovers_the_observed_means(trained):
     model, adata = trained
     control = np.flatnonzero(adata.obs["condition"] == "control")
-    pred = model.predict(indices=control, target_condition="control", n_samples=50, calibrate=True)
+    pred = model.predict(
+        indices=control, target_condition="control", readout="calibrated", n_samples=50
+    )
     observed = log1p_normalize(adata.X[control]).mean(0)
     predicted = pred.layers["log_normalized"].mean(0)
     # prediction and reconstruction are independent draws of the same distribution; the clip
@@ -69,7 +75,9 @@ def test_calibrating_to_the_own_condition_recovers_the_observed_means(trained):
 
 def test_calibrate_needs_draws_and_a_known_column(trained):
     model, _ = trained
-    with pytest.raises(ValueError, match="n_samples > 0"):
-        model.predict(target_condition="stimulated", calibrate=True)
+    with pytest.raises(ValueError, match="n_samples >= 1"):
+        model.predict(target_condition="stimulated", readout="calibrated", n_samples=0)
     with pytest.raises(KeyError, match="not a column"):
-        model.predict(target_condition="stimulated", n_samples=1, calibrate="tissue")
+        model.predict(target_condition="stimulated", readout="calibrated", groupby="tissue")
+    with pytest.raises(ValueError, match="readout='calibrated' only"):
+        model.predict(target_condition="stimulated", groupby="cell_type")

@@ -70,10 +70,10 @@ def test_predict_on_a_new_anndata_and_key_added(trained):
     before = subset.X.copy()
     pred = model.predict(subset, target_condition="stimulated", key_added="trvae_stim")
     assert subset.layers["trvae_stim"].shape == subset.shape
-    np.testing.assert_allclose(subset.layers["trvae_stim"], pred.X)
+    np.testing.assert_allclose(subset.layers["trvae_stim"], pred.layers["log_normalized"])
     assert (before != subset.X).nnz == 0
     picked = model.predict(subset, indices=[2, 0], target_condition="stimulated", key_added="again")
-    np.testing.assert_allclose(picked.X, subset.layers["again"][[2, 0]])
+    np.testing.assert_allclose(picked.layers["log_normalized"], subset.layers["again"][[2, 0]])
 
 
 def test_predict_fixed_library_size(trained):

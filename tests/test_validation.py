@@ -297,7 +297,9 @@ def test_no_call_changes_anything_but_the_keys_asked_for(snapshot, assert_unchan
     model.get_latent_representation(representation="y")
     model.predict(target_condition="stimulated", key_added="pred")
     model.predict(target_condition="control", n_samples=2)
-    assert_unchanged(before, adata, added_layers=["pred"], added_obsm=["X_trvae"])
+    assert_unchanged(
+        before, adata, added_layers=["pred"], added_obsm=["X_trvae"], added_uns=["pred"]
+    )
     assert adata.uns["note"] == {"kept": True}
     # a new AnnData gets the same treatment
     other = adata[:50].copy()

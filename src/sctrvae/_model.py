@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -10,12 +11,22 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
+
+# scvi-tools' view_anndata_setup calls rich.pretty without importing it; rich < 15 imported it
+# at the top of rich.console, rich 15 imports it lazily
+import rich.pretty  # noqa: F401
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model._utils import get_max_epochs_heuristic, use_distributed_sampler
-from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+from scvi.model.base import (
+    ArchesMixin,
+    BaseModelClass,
+    RNASeqMixin,
+    UnsupervisedTrainingMixin,
+    VAEMixin,
+)
 from scvi.utils import setup_anndata_dsp
 from scvi.utils._docstrings import devices_dsp
 
@@ -35,6 +46,7 @@ from ._validation import (
     check_var_names,
 )
 from ._version import __version__
+from .metrics import log1p_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +55,27 @@ DEFAULT_LR = 3e-3
 #: Epochs of linear KL warm-up; early stopping waits for them (the loss changes meaning meanwhile).
 KL_WARMUP_EPOCHS = 10
 
+Readout = Literal["mean", "sampled", "calibrated"]
+#: Draws per cell when ``predict`` is not given ``n_samples``.
+DEFAULT_DRAWS = {"mean": 0, "sampled": 1, "calibrated": 10}
 
-class TRVAEModel(VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass):
+
+class TRVAEModel(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """trVAE: predict how cells respond to a condition they were never observed in.
 
     A conditional VAE on raw counts with an MMD penalty between conditions on the first decoder
     layer ``y`` (Lotfollahi et al., Bioinformatics 2020). Encode cells with their own condition,
-    decode them with another one: :meth:`predict`.
+    decode them with another one: :meth:`predict`, or scvi-tools' own
+    ``get_normalized_expression`` / ``posterior_predictive_sample`` /
+    ``differential_expression`` with ``transform_batch=<target condition>``.
 
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`.
+        AnnData registered with :meth:`setup_anndata`; ``None`` with ``registry`` (what
+        ``load(path, adata=False)`` does: a model without data).
+    registry
+        Registry of a saved model, for a model without data.
     n_hidden, n_latent, n_layers, dropout_rate, likelihood, dispersion, mmd_weight, \
 kernel_bandwidths, kl_weight
         See :class:`~sctrvae.TRVAEModule`.
@@ -66,7 +87,7 @@ kernel_bandwidths, kl_weight
     >>> sctrvae.TRVAEModel.setup_anndata(adata, condition_key="condition")
     >>> model = sctrvae.TRVAEModel(adata)
     >>> model.train()
-    >>> pred = model.predict(adata[ctrl_cells], target_condition="stimulated")
+    >>> model.predict(adata, indices=ctrl, target_condition="stimulated", key_added="trvae_stim")
     """
 
     _module_cls = TRVAEModule
@@ -75,7 +96,8 @@ kernel_bandwidths, kl_weight
 
     def __init__(
         self,
-        adata: ad.AnnData,
+        adata: ad.AnnData | None = None,
+        registry: dict | None = None,
         n_hidden: int = 128,
         n_latent: int = 10,
         n_layers: int = 2,
@@ -87,16 +109,17 @@ kernel_bandwidths, kl_weight
         kl_weight: float = 1.0,
         **module_kwargs,
     ):
-        super().__init__(adata)
+        super().__init__(adata, registry)
         n_conditions = self.summary_stats.n_batch
         if n_conditions < 2 and mmd_weight > 0:
             raise ValueError(
                 f"The condition column has {n_conditions} category; the MMD needs at least two "
                 "conditions (or set mmd_weight=0 for a plain VAE)."
             )
-        check_expression(
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), likelihood, self._x_name
-        )
+        if adata is not None:
+            check_expression(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), likelihood, self._x_name
+            )
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
             n_conditions=n_conditions,
@@ -133,13 +156,44 @@ kernel_bandwidths, kl_weight
     @property
     def conditions(self) -> list[str]:
         """Condition categories seen in training, in code order."""
-        mapping = self.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        return [str(c) for c in mapping]
+        return [str(c) for c in self._condition_state["categorical_mapping"]]
 
     @property
     def condition_key(self) -> str:
         """The ``adata.obs`` column holding the condition."""
-        return self.get_state_registry(REGISTRY_KEYS.BATCH_KEY).original_key
+        return self._condition_state["original_key"]
+
+    @property
+    def _condition_state(self) -> dict:
+        # from the registry, which a model loaded without data has too
+        return self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+
+    @classmethod
+    def load(
+        cls, dir_path: str, adata: ad.AnnData | Literal[False] | None = None, **kwargs
+    ) -> TRVAEModel:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Directory of the saved model.
+        adata
+            AnnData with the training genes, set up like the training data on the way.
+            ``None``: the AnnData saved with the model (``save(..., save_anndata=True)``);
+            ``False``: no AnnData, pass one to every method that reads cells.
+        **kwargs
+            Keyword arguments of scvi-tools' ``BaseModelClass.load`` (``accelerator``,
+            ``device``, ``prefix``, ``backup_url``).
+        """
+        saved = os.path.join(dir_path, f"{kwargs.get('prefix') or ''}adata.h5ad")
+        if adata is None and kwargs.get("backup_url") is None and not os.path.exists(saved):
+            raise ValueError(
+                f"{dir_path} holds no AnnData: the model was saved without it. Pass the data "
+                "with load(path, adata=...), load the model without data with adata=False, or "
+                "save with save(path, save_anndata=True)."
+            )
+        return super().load(dir_path, adata=adata, **kwargs)
 
     @classmethod
     @setup_anndata_dsp.dedent
@@ -300,7 +354,12 @@ kernel_bandwidths, kl_weight
     def _prepare(
         self, adata: ad.AnnData | None, indices: Sequence[int] | None, key_added: str | None
     ) -> tuple[ad.AnnData, np.ndarray, np.ndarray]:
-        """Validated AnnData, the indices to return, and the indices to compute."""
+        """Validated AnnData, the indices to return, and the (sorted, unique) ones to compute."""
+        if adata is None and self.adata is None:
+            raise ValueError(
+                "The model was loaded without data (load(..., adata=False)): pass adata, or "
+                "save the model with save(path, save_anndata=True) to load its data with it."
+            )
         if adata is not None and adata is not self.adata:
             adata = self._check_new_anndata(adata, key_added)
         adata = self._validate_anndata(adata)
@@ -309,10 +368,8 @@ kernel_bandwidths, kl_weight
             selected = np.flatnonzero(selected)
         if selected.size == 0:
             raise ValueError("`indices` is empty: select at least one cell.")
-        # results written to `adata` must cover every cell, so compute them all then; cells are
-        # computed in increasing order, the order in which scvi-tools reads backed data
-        computed = np.arange(adata.n_obs) if key_added is not None else np.unique(selected)
-        return adata, selected, computed
+        # cells are computed in increasing order, the order in which scvi-tools reads backed data
+        return adata, selected, np.unique(selected)
 
     def _check_new_anndata(self, adata: ad.AnnData, key_added: str | None) -> ad.AnnData:
         """Check an AnnData other than the training one; a view is replaced by its copy."""
@@ -337,12 +394,20 @@ kernel_bandwidths, kl_weight
         self,
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | None = None,
-        representation: Literal["z", "y"] = "z",
         give_mean: bool = True,
+        mc_samples: int = 5_000,
         batch_size: int | None = None,
+        return_dist: bool = False,
+        dataloader=None,
+        representation: Literal["z", "y"] = "z",
         key_added: str | None = None,
-    ) -> np.ndarray:
-        """Latent ``z`` (posterior mean) or the MMD layer ``y`` of each cell.
+        **data_loader_kwargs,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Latent ``z`` or the MMD layer ``y`` of each cell.
+
+        The arguments before ``representation`` are those of scvi-tools'
+        ``VAEMixin.get_latent_representation`` (so ``get_aggregated_posterior`` and
+        ``differential_abundance`` work).
 
         Parameters
         ----------
@@ -350,37 +415,73 @@ kernel_bandwidths, kl_weight
             AnnData with the training genes; default: the model's.
         indices
             Cells to return; default all.
+        give_mean
+            Posterior mean of ``z`` (deterministic) or one sample.
+        mc_samples
+            As in scvi-tools; unused here: the posterior of ``z`` is Gaussian, its mean exact.
+        batch_size
+            Cells per forward pass (memory stays flat in the number of cells).
+        return_dist
+            Return the posterior means and variances of ``z`` instead.
+        dataloader
+            Minibatches of tensors to read instead of ``adata`` / ``indices``.
         representation
             ``"z"``: the latent space. ``"y"``: first decoder layer under the cell's own
             condition, where the MMD aligns the conditions.
-        give_mean
-            Posterior mean of ``z`` (deterministic) or one sample.
-        batch_size
-            Cells per forward pass (memory stays flat in the number of cells).
         key_added
             Also write the result for all cells of ``adata`` to ``adata.obsm[key_added]``.
+        **data_loader_kwargs
+            Keyword arguments of the data loader.
 
         Returns
         -------
-        Array of shape ``(n_cells, n_latent)`` or ``(n_cells, n_hidden)``.
+        Array of shape ``(n_cells, n_latent)`` or ``(n_cells, n_hidden)``; with ``return_dist``,
+        the means and variances of ``z``.
         """
         if representation not in ("z", "y"):
             raise ValueError(f"representation must be 'z' or 'y', got {representation!r}.")
-        self._check_if_trained(warn=False)
-        adata, selected, computed = self._prepare(adata, indices, key_added)
-        self.module.eval()
-        chunks = []
-        for tensors in self._make_data_loader(adata, indices=computed, batch_size=batch_size):
-            inference = self.module.inference(**self.module._get_inference_input(tensors))
-            z = inference["qz"].loc if give_mean else inference["z"]
-            if representation == "y":
-                condition = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
-                z = self.module.generative(z, condition, inference["library"])["y"]
-            chunks.append(z.cpu().numpy())
-        result = np.concatenate(chunks)
+        if return_dist and (representation == "y" or key_added is not None):
+            raise ValueError("return_dist returns the posterior of z; it takes no key_added or y.")
+        if dataloader is not None and key_added is not None:
+            raise ValueError("key_added writes to adata; a dataloader has no AnnData.")
+        if dataloader is None:
+            adata, selected, computed = self._prepare(adata, indices, key_added)
+            if key_added is not None:  # obsm must cover every cell
+                computed = np.arange(adata.n_obs)
+            loader = self._make_data_loader(
+                adata, indices=computed, batch_size=batch_size, **data_loader_kwargs
+            )
+        else:
+            loader = dataloader
+        if representation == "z":
+            result = super().get_latent_representation(
+                give_mean=give_mean,
+                mc_samples=mc_samples,
+                return_dist=return_dist,
+                dataloader=loader,
+            )
+        else:
+            result = self._decoder_layer(loader, give_mean)
+        if dataloader is not None:
+            return result
         if key_added is not None:
             adata.obsm[key_added] = result
-        return result[np.searchsorted(computed, selected)]
+        position = np.searchsorted(computed, selected)
+        if return_dist:
+            return result[0][position], result[1][position]
+        return result[position]
+
+    def _decoder_layer(self, dataloader, give_mean: bool) -> np.ndarray:
+        """``y`` of each cell under its own condition."""
+        self._check_if_trained(warn=False)
+        self.module.eval()
+        chunks = []
+        for tensors in dataloader:
+            _, generative_outputs = self.module.forward(
+                tensors, inference_kwargs={"give_mean": give_mean}, compute_loss=False
+            )
+            chunks.append(generative_outputs["y"].cpu().numpy())
+        return np.concatenate(chunks)
 
     @torch.inference_mode()
     def predict(
@@ -388,13 +489,18 @@ kernel_bandwidths, kl_weight
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | None = None,
         target_condition: str | None = None,
-        n_samples: int = 0,
-        calibrate: bool | str = False,
+        readout: Readout | None = None,
+        n_samples: int | None = None,
+        groupby: str | None = None,
         library_size: Literal["observed"] | float = "observed",
         batch_size: int | None = None,
         key_added: str | None = None,
     ) -> ad.AnnData:
         """Counterfactual expression: encode with each cell's condition, decode with the target.
+
+        The decoding is scvi-tools' ``transform_batch`` path (that of
+        ``get_normalized_expression`` and ``posterior_predictive_sample``), read into an
+        AnnData.
 
         Parameters
         ----------
@@ -405,46 +511,53 @@ kernel_bandwidths, kl_weight
             Cells to predict; default all.
         target_condition
             Condition to transfer the cells to; one of :attr:`conditions`.
+        readout
+            Default: ``"sampled"`` when ``n_samples`` is given, else ``"mean"``.
+            ``"mean"``: posterior mean of ``z`` and the likelihood's mean (deterministic).
+            ``"sampled"``: ``n_samples`` draws of ``z`` and of the likelihood per cell:
+            realistic counts with cell-to-cell variance.
+            ``"calibrated"``: the sampled draws, corrected by the model's reconstruction error
+            on the cells themselves (count likelihoods). The cells are also decoded under their
+            own condition, with the same number of draws; for each gene, the mean log-normalised
+            expression of the observed cells minus that of their reconstruction is added to
+            every predicted draw (clipped at 0). The decoder's error on a population it never
+            saw in the target condition is thereby assumed to be the one it makes on that
+            population's observed cells: the model predicts the change, the data the level. The
+            most accurate readout of the Kang benchmark.
         n_samples
-            ``0``: posterior mean of ``z`` and the likelihood mean (deterministic).
-            ``k > 0``: ``k`` draws of ``z`` and of the negative binomial per cell: realistic
-            counts with cell-to-cell variance. The draws are stacked (``k × n_cells`` rows,
-            draw number in ``obs["sctrvae_draw"]``).
-        calibrate
-            Correct the draws by the model's reconstruction error on the cells themselves
-            (count likelihoods, ``n_samples > 0``). The cells are also decoded under their own
-            condition, with the same number of draws; for each gene, the mean log-normalised
-            expression (``log1p(x / total × 1e4)``) of the observed cells minus that of their
-            reconstruction is added to every predicted draw. The decoder's error on a population
-            it never saw in the target condition is thereby assumed to be the one it makes on
-            that population's observed cells: the model predicts the change, the data the level.
-            ``True``: one correction over all returned cells; the name of an ``obs`` column
-            (e.g. the cell type): one per group. Adds ``layers["log_normalized"]`` (corrected,
-            clipped at 0) and ``uns["sctrvae_calibration"]`` (corrections, groups × genes).
+            Draws per cell of ``"sampled"`` (default 1) and ``"calibrated"`` (default 10).
+        groupby
+            ``"calibrated"`` only: column of ``adata.obs`` (e.g. the cell type) with one
+            correction per group; default one correction for all cells.
         library_size
             ``"observed"``: each cell's own total count; a number: the same total for every cell.
         batch_size
             Cells per forward pass.
         key_added
-            Also write ``.X`` of the prediction for all cells of ``adata`` to
-            ``adata.layers[key_added]`` (the mean of the draws when ``n_samples > 1``).
+            Also write the readout into ``adata.layers[key_added]`` of the passed AnnData,
+            log-normalised (``log1p(x / total × 1e4)``), one row per cell: the mean readout;
+            the log-normalised mean of the sampled counts; the mean of the calibrated draws.
+            Rows of cells not in ``indices`` are NaN. ``adata.uns[key_added]`` records what was
+            written (readout, target condition, n_samples, groupby, library_size, sctrvae
+            version). An existing layer of that name is replaced.
 
         Returns
         -------
-        AnnData with the same ``var``, ``obs`` copied and ``obs[condition_key]`` set to the target;
-        ``.X``: predicted expected counts (or sampled counts); ``.layers["normalized"]``: predicted
-        proportions, each row summing to 1 (count likelihoods only);
-        ``.layers["log_normalized"]`` with ``calibrate``.
+        AnnData of the predicted cells (``n_samples × n_cells`` rows stacked by draw for
+        ``"sampled"`` / ``"calibrated"``, draw number in ``obs["sctrvae_draw"]``), with the same
+        ``var``, ``obs`` copied and ``obs[condition_key]`` set to the target. ``.X``: expected
+        counts (``"mean"``) or sampled counts; ``.layers["normalized"]``: predicted
+        proportions, each row summing to 1 (count likelihoods); ``.layers["log_normalized"]``:
+        the readout, log-normalised, which :func:`sctrvae.metrics.score_prediction` and the
+        plots in ``sctrvae.pl`` read by default; ``.uns["sctrvae_prediction"]``: the record above;
+        ``.uns["sctrvae_calibration"]`` (``"calibrated"``): the corrections, groups × genes.
         """
         if target_condition is None:
             raise ValueError(f"Pass target_condition, one of {self.conditions}.")
         target = self._condition_code(target_condition)
-        if n_samples < 0:
-            raise ValueError("n_samples must be 0 (deterministic mean) or a positive integer.")
-        if calibrate is not False and (n_samples == 0 or self.module.likelihood == "normal"):
-            raise ValueError(
-                "calibrate needs draws of counts: pass n_samples > 0, with a count likelihood."
-            )
+        if readout is None:
+            readout = "sampled" if n_samples else "mean"
+        n_samples = self._check_readout(readout, n_samples, groupby)
         if library_size != "observed" and not (
             isinstance(library_size, int | float) and library_size > 0
         ):
@@ -457,47 +570,103 @@ kernel_bandwidths, kl_weight
                 "counts are not overwritten."
             )
         adata, selected, computed = self._prepare(adata, indices, key_added)
-        if isinstance(calibrate, str) and calibrate not in adata.obs:
+        if groupby is not None and groupby not in adata.obs:
             raise KeyError(
-                f"calibrate={calibrate!r} is not a column of adata.obs; pass the column that "
-                "groups the cells (e.g. the cell type), or True for one group."
+                f"groupby={groupby!r} is not a column of adata.obs; pass the column that groups "
+                "the cells (e.g. the cell type), or None for one correction."
             )
         self.module.eval()
+        forward_kwargs = {
+            "inference_kwargs": (
+                {"give_mean": True} if readout == "mean" else {"n_samples": n_samples}
+            ),
+            "get_generative_input_kwargs": (
+                {} if library_size == "observed" else {"library_size": float(library_size)}
+            ),
+            "compute_loss": False,
+        }
+        to_target = self._get_transform_batch_gen_kwargs(target)
         # outputs are filled in place, batch by batch: memory is the output plus one batch
         arrays: dict[str, np.ndarray] = {}
         start = 0
         for tensors in self._make_data_loader(adata, indices=computed, batch_size=batch_size):
             n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
-            library = None
-            if library_size != "observed":
-                library = torch.full((n, 1), float(library_size))
-            out = self.module.transfer(tensors, target, n_samples=n_samples, library=library)
-            if calibrate is not False:
-                own = self.module.transfer(tensors, None, n_samples=n_samples, library=library)
-                out["reconstruction"] = own["expression"]
+            _, outputs = self.module.forward(tensors, generative_kwargs=to_target, **forward_kwargs)
+            px = outputs["px"]
+            out = {"expression": px.mean if readout == "mean" else px.sample()}
+            if self.module.likelihood != "normal":
+                out["normalized"] = px.scale
+            if readout == "calibrated":  # the same cells decoded under their own condition
+                _, own = self.module.forward(tensors, **forward_kwargs)
+                out["reconstruction"] = own["px"].sample()
                 out["observed"] = tensors[REGISTRY_KEYS.X_KEY]  # already read for this batch
             for key, value in out.items():
+                value = value.cpu().numpy()
+                if readout != "mean" and key != "observed":  # a draw axis also for one draw
+                    value = value.reshape(n_samples, n, -1)
                 if key not in arrays:
                     shape = (*value.shape[:-2], computed.size, value.shape[-1])
                     arrays[key] = np.empty(shape, dtype=np.float32)
-                arrays[key][..., start : start + n, :] = value.cpu().numpy()
+                arrays[key][..., start : start + n, :] = value
             start += n
-        if key_added is not None:
-            expression = arrays["expression"]
-            adata.layers[key_added] = expression.mean(0) if n_samples > 0 else expression
         if not np.array_equal(computed, selected):
             position = np.searchsorted(computed, selected)
             arrays = {k: v[..., position, :] for k, v in arrays.items()}
         pred = self._prediction_anndata(adata, selected, arrays, target_condition, n_samples)
-        if calibrate is not False:
-            groups = adata.obs[calibrate].iloc[selected] if isinstance(calibrate, str) else None
-            corrected, corrections = calibrate_draws(
+        record = {
+            "readout": readout,
+            "target_condition": str(target_condition),
+            "n_samples": n_samples,
+            "library_size": library_size,
+            "sctrvae_version": __version__,
+        }
+        if groupby is not None:
+            record["groupby"] = groupby
+        if readout == "calibrated":
+            groups = None if groupby is None else adata.obs[groupby].iloc[selected]
+            log_expression, corrections = calibrate_draws(
                 arrays["observed"], arrays["expression"], arrays["reconstruction"], groups
             )
             corrections.columns = adata.var_names
-            pred.layers["log_normalized"] = corrected
             pred.uns["sctrvae_calibration"] = corrections
+            per_cell = log_expression.reshape(n_samples, selected.size, -1).mean(0)
+        else:
+            log_expression = self._log_expression(pred.X)
+            per_cell = self._log_expression(
+                arrays["expression"] if readout == "mean" else arrays["expression"].mean(0)
+            )
+        pred.layers["log_normalized"] = log_expression
+        pred.uns["sctrvae_prediction"] = record
+        if key_added is not None:
+            written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+            written[selected] = per_cell
+            adata.layers[key_added] = written
+            adata.uns[key_added] = dict(record)
         return pred
+
+    def _check_readout(self, readout: str, n_samples: int | None, groupby: str | None) -> int:
+        """Validate the readout's arguments; returns the number of draws (0: the mean)."""
+        if readout not in DEFAULT_DRAWS:
+            raise ValueError(f"readout must be one of {list(DEFAULT_DRAWS)}, got {readout!r}.")
+        if readout == "mean" and n_samples:
+            raise ValueError(
+                "readout='mean' is deterministic; for draws pass readout='sampled' or "
+                "'calibrated' with n_samples."
+            )
+        n_samples = DEFAULT_DRAWS[readout] if n_samples is None else n_samples
+        if readout != "mean" and not (isinstance(n_samples, int) and n_samples > 0):
+            raise ValueError(f"readout={readout!r} needs n_samples >= 1, got {n_samples!r}.")
+        if readout == "calibrated" and self.module.likelihood == "normal":
+            raise ValueError("readout='calibrated' needs a count likelihood ('nb' or 'zinb').")
+        if groupby is not None and readout != "calibrated":
+            raise ValueError("groupby sets the groups of readout='calibrated' only.")
+        return n_samples
+
+    def _log_expression(self, values: np.ndarray) -> np.ndarray:
+        """Predicted values in log-normalised space; a Gaussian model's already are."""
+        if self.module.likelihood == "normal":
+            return values.astype(np.float32)
+        return log1p_normalize(values.reshape(-1, values.shape[-1])).astype(np.float32)
 
     def _prediction_anndata(
         self,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from scvi import REGISTRY_KEYS
+from scvi.distributions import Normal as NormalWithMean
 from scvi.distributions import ZeroInflatedNegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
@@ -132,39 +134,61 @@ class TRVAEModule(BaseModuleClass):
         return {"x": tensors[REGISTRY_KEYS.X_KEY], "condition": tensors[REGISTRY_KEYS.BATCH_KEY]}
 
     def _get_generative_input(
-        self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        library_size: float | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``library_size``: decode every cell at this total count instead of its observed one."""
+        library = inference_outputs["library"]
+        if library_size is not None:
+            library = torch.full_like(library, library_size)
         return {
             "z": inference_outputs["z"],
             "condition": tensors[REGISTRY_KEYS.BATCH_KEY],
-            "library": inference_outputs["library"],
+            "library": library,
         }
 
     @auto_move_data
     def inference(
-        self, x: torch.Tensor, condition: torch.Tensor, n_samples: int = 1
+        self, x: torch.Tensor, condition: torch.Tensor, n_samples: int = 1, give_mean: bool = False
     ) -> dict[str, torch.Tensor | Normal]:
-        """Posterior q(z | x, s); ``z`` is a sample (``n_samples > 1`` adds a leading axis)."""
+        """Posterior q(z | x, s).
+
+        ``z`` is a sample (``n_samples > 1`` adds a leading axis), or the posterior mean with
+        ``give_mean`` (deterministic decoding).
+        """
         encoder_input = x if self.likelihood == "normal" else torch.log1p(x)
         qz_m, qz_v, z = self.encoder(encoder_input, condition)
         qz = Normal(qz_m, qz_v.sqrt())
-        if n_samples > 1:
+        if give_mean:
+            z = qz.loc
+        elif n_samples > 1:
             z = qz.rsample((n_samples,))
         return {"qz": qz, "z": z, "library": x.sum(-1, keepdim=True)}
 
     @auto_move_data
     def generative(
-        self, z: torch.Tensor, condition: torch.Tensor, library: torch.Tensor
+        self,
+        z: torch.Tensor,
+        condition: torch.Tensor,
+        library: torch.Tensor,
+        transform_batch: int | None = None,
     ) -> dict[str, torch.Tensor | torch.distributions.Distribution]:
         """Decode ``z`` under ``condition``; returns ``y`` (the MMD layer) and ``px``.
 
         ``z`` may carry a leading sample axis; ``condition`` and ``library`` are per cell.
+        ``transform_batch``: decode every cell under this condition code instead (condition
+        transfer; scvi-tools' ``RNASeqMixin`` passes it as for its own VAE).
         """
+        if transform_batch is not None:
+            condition = torch.full_like(condition, transform_batch)
         y = self.g1(z, condition)
         h = self.g2(y)
         mean = self.mean_head(h)
         if self.likelihood == "normal":
-            return {"y": y, "px": Normal(mean, torch.ones_like(mean))}
+            # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
+            return {"y": y, "px": NormalWithMean(mean, torch.ones_like(mean), normal_mu=mean)}
         px_scale = torch.softmax(mean, dim=-1)
         if self.dispersion == "gene-condition":
             # (cells, genes): broadcasts over a leading sample axis of z
@@ -204,29 +228,54 @@ class TRVAEModule(BaseModuleClass):
         )
 
     @torch.inference_mode()
-    def transfer(
+    def sample(
         self,
         tensors: dict[str, torch.Tensor],
-        target_condition: int | None,
-        n_samples: int = 0,
-        library: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Encode cells with their own condition and decode them with ``target_condition``.
+        n_samples: int = 1,
+        generative_kwargs: dict | None = None,
+    ) -> torch.Tensor:
+        """Draws of the posterior predictive ``p(x_hat | x)``: z from q(z | x, s), then x_hat.
 
-        ``target_condition=None``: decode with each cell's own condition (reconstruction).
-        ``n_samples=0``: posterior mean of z and the likelihood's mean (deterministic).
-        ``n_samples=k``: k draws of z and of the likelihood, stacked on a leading axis.
-        ``library``: per-cell library sizes to decode at (default: the observed ones).
+        Returns a CPU tensor ``(cells, genes)``, or ``(cells, genes, n_samples)`` (the layout of
+        scvi-tools' ``posterior_predictive_sample``).
         """
-        inference = self.inference(**self._get_inference_input(tensors))
-        qz = inference["qz"]
-        z = qz.loc if n_samples == 0 else qz.sample((n_samples,))
-        condition = tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
-        if target_condition is not None:
-            condition = torch.full_like(condition, target_condition)
-        lib = inference["library"] if library is None else library.to(z.device)
-        px = self.generative(z, condition, lib)["px"]
-        out = {"expression": px.mean if n_samples == 0 else px.sample()}
-        if self.likelihood != "normal":
-            out["normalized"] = px.scale
-        return out
+        _, generative_outputs = self.forward(
+            tensors,
+            inference_kwargs={"n_samples": n_samples},
+            generative_kwargs=generative_kwargs,
+            compute_loss=False,
+        )
+        samples = generative_outputs["px"].sample()
+        return (samples.permute(1, 2, 0) if n_samples > 1 else samples).cpu()
+
+    @torch.inference_mode()
+    def marginal_ll(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_mc_samples: int,
+        return_mean: bool = False,
+        n_mc_samples_per_pass: int = 1,
+    ) -> torch.Tensor | float:
+        """Importance-sampled ``log p(x | s)`` with q(z | x, s) as proposal, per cell.
+
+        ``log mean_k p(x | z_k, s) p(z_k) / q(z_k | x, s)`` over ``n_mc_samples`` draws,
+        ``n_mc_samples_per_pass`` at a time.
+        """
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        n_per_pass = min(n_mc_samples_per_pass, n_mc_samples)
+        log_weights = []
+        for _ in range(-(-n_mc_samples // n_per_pass)):
+            inference_outputs, generative_outputs = self.forward(
+                tensors, inference_kwargs={"n_samples": n_per_pass}, compute_loss=False
+            )
+            qz, px = inference_outputs["qz"], generative_outputs["px"]
+            # (draws, cells, ...) also for a single draw, which inference returns without the axis
+            z = inference_outputs["z"].reshape(-1, *qz.loc.shape)
+            values = x.to(z.device).expand_as(px.scale)
+            log_px_z = px.log_prob(values).sum(-1).reshape(z.shape[:2])
+            log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+            log_qz = qz.log_prob(z).sum(-1)
+            log_weights.append(log_px_z + log_pz - log_qz)
+        log_weights = torch.cat(log_weights)[:n_mc_samples]
+        log_lik = torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])
+        return log_lik.mean().item() if return_mean else log_lik.cpu()

@@ -73,7 +73,9 @@ def _model_rows(
         model.train(**{"enable_progress_bar": False, **train_kwargs})
         seconds = time.perf_counter() - start
         mean = model.predict(source, target_condition=target)
-        drawn = model.predict(source, target_condition=target, n_samples=n_samples, calibrate=True)
+        drawn = model.predict(
+            source, target_condition=target, readout="calibrated", n_samples=n_samples
+        )
     extra = {
         "train_seconds": seconds,
         "epochs": len(model.history["elbo_train"]),
@@ -146,7 +148,7 @@ def leave_one_out(
     -------
     One row per (group, method, readout): ``readout`` is ``"mean"`` (predicted proportions,
     deterministic), ``"sampled"`` (NB draws normalised like real cells), ``"calibrated"`` (the
-    same draws with ``predict(calibrate=True)``'s correction) or ``"cells"`` (the references
+    same draws with ``predict(readout="calibrated")``'s correction) or ``"cells"`` (the references
     built from real cells); the six scores, and for models ``train_seconds``,
     ``epochs`` and ``peak_rss_mb``.
     """

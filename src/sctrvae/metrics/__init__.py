@@ -3,6 +3,7 @@
 from ._prediction import (
     log1p_normalize,
     log_normalized,
+    prediction_expression,
     score_log_expression,
     score_prediction,
     top_degs,
@@ -11,6 +12,7 @@ from ._prediction import (
 __all__ = [
     "log1p_normalize",
     "log_normalized",
+    "prediction_expression",
     "score_log_expression",
     "score_prediction",
     "top_degs",

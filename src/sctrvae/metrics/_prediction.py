@@ -9,6 +9,8 @@ import scipy.sparse as sp
 
 #: Total counts each cell is scaled to before ``log1p``.
 TARGET_SUM = 1e4
+#: Layer of :meth:`~sctrvae.TRVAEModel.predict`'s output with the readout, log-normalised.
+PREDICTION_LAYER = "log_normalized"
 
 
 def log1p_normalize(x: np.ndarray | sp.spmatrix) -> np.ndarray:
@@ -25,6 +27,41 @@ def log1p_normalize(x: np.ndarray | sp.spmatrix) -> np.ndarray:
 def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
     """:func:`log1p_normalize` of ``adata.X`` or of a layer."""
     return log1p_normalize(adata.X if layer is None else adata.layers[layer])
+
+
+def prediction_expression(
+    adata: ad.AnnData, layer: str | None = PREDICTION_LAYER, is_log: bool | None = None
+) -> np.ndarray:
+    """Log-normalised expression of predicted cells, as the scores and plots compare it.
+
+    Parameters
+    ----------
+    adata
+        Predicted cells: the output of :meth:`~sctrvae.TRVAEModel.predict`, or an AnnData that
+        ``predict(..., key_added=...)`` wrote a layer into.
+    layer
+        Layer to read, ``None`` for ``X``. The default, ``"log_normalized"``, is the readout
+        ``predict`` returns; an AnnData without that layer (e.g. real cells) is read from ``X``.
+    is_log
+        Whether the values are log-normalised already (used as they are) or counts /
+        proportions (log-normalised here). ``None``: already for ``layers["log_normalized"]``
+        and for a layer ``predict`` wrote (recorded in ``adata.uns[layer]``).
+
+    Returns
+    -------
+    Dense ``(cells, genes)`` array; rows that are all NaN (cells ``predict`` was not asked
+    for) are left out.
+    """
+    if layer == PREDICTION_LAYER and layer not in adata.layers:
+        layer = None
+    if is_log is None:
+        record = adata.uns.get(layer) if layer is not None else None
+        is_log = layer == PREDICTION_LAYER or (isinstance(record, dict) and "readout" in record)
+    values = adata.X if layer is None else adata.layers[layer]
+    if not is_log:
+        return log1p_normalize(values)
+    values = np.asarray(values, dtype=np.float64)
+    return values[~np.isnan(values).all(1)]
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -53,8 +90,8 @@ def score_prediction(
     real_source: ad.AnnData,
     degs: np.ndarray | None = None,
     n_degs: int = 100,
-    predicted_layer: str | None = None,
-    predicted_is_log: bool = False,
+    predicted_layer: str | None = PREDICTION_LAYER,
+    predicted_is_log: bool | None = None,
 ) -> dict[str, float]:
     """Score a predicted population against the real target cells.
 
@@ -68,12 +105,10 @@ def score_prediction(
         Real cells in the target and the source condition.
     degs
         Genes for the ``*_deg`` scores; default the top ``n_degs`` Wilcoxon genes.
-    predicted_layer
-        Layer of ``predicted`` to read (``"normalized"`` for predicted proportions); default
-        ``X`` (counts, e.g. NB draws).
-    predicted_is_log
-        The predicted values are already log-normalised (e.g. ``layers["log_normalized"]`` of
-        ``predict(calibrate=True)``) and are used as they are.
+    predicted_layer, predicted_is_log
+        What to read of ``predicted`` and whether it is log-normalised already; by default the
+        readout ``predict`` returned. See :func:`prediction_expression`, which the
+        plots in ``sctrvae.pl`` use too.
 
     Returns
     -------
@@ -88,9 +123,8 @@ def score_prediction(
         raise ValueError("predicted, real_target and real_source must have the same var_names.")
     if degs is None:
         degs = top_degs(real_target, real_source, n_degs)
-    values = predicted.X if predicted_layer is None else predicted.layers[predicted_layer]
     return score_log_expression(
-        np.asarray(values) if predicted_is_log else log1p_normalize(values),
+        prediction_expression(predicted, predicted_layer, predicted_is_log),
         log_normalized(real_target),
         log_normalized(real_source),
         real_target.var_names.isin(degs),

@@ -2,32 +2,103 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from ..metrics._prediction import log_normalized
+from ..metrics._prediction import PREDICTION_LAYER, log_normalized, prediction_expression
+
+_PARAMETERS = """
+    Parameters
+    ----------
+    predicted
+        Predicted cells: the output of :meth:`~sctrvae.TRVAEModel.predict`, an AnnData
+        ``predict(..., key_added=...)`` wrote into, or (with ``condition_key``) one AnnData
+        holding the real and the predicted cells.
+    real
+        Real cells of the target condition (counts in ``X``), same ``var_names``; ``None`` with
+        ``condition_key``.
+    degs
+        Genes to highlight, with their own R² (e.g. :func:`sctrvae.metrics.top_degs`).
+    predicted_layer, predicted_is_log
+        What to read of the predicted cells; by default the readout ``predict`` returned
+        (see :func:`sctrvae.metrics.prediction_expression`, which
+        :func:`~sctrvae.metrics.score_prediction` uses too).
+    n_labels
+        Label the first ``n_labels`` of ``degs`` (when ``gene_list`` is not given).
+    ax
+        Axes to draw in; a new figure otherwise.
+    show
+        Show the figure and return ``None`` (scanpy's convention).
+    save
+        Path to save the figure to.
+    condition_key
+        scGen's form: column of ``predicted.obs`` that tells real from predicted cells.
+    axis_keys
+        scGen's form: ``{"x": <category of the real cells>, "y": <category of the predicted
+        cells>}`` in ``condition_key``.
+    gene_list
+        Genes to label (scGen's name); default the first ``n_labels`` of ``degs``.
+    top_100_genes
+        scGen's name for ``degs``.
+
+    Returns
+    -------
+    The Axes, unless ``show`` is true.
+"""
+
+
+def _split(
+    adata: ad.AnnData, condition_key: str, axis_keys: Mapping[str, str] | None
+) -> tuple[ad.AnnData, ad.AnnData]:
+    """Predicted and real cells of one AnnData, scGen's ``condition_key`` / ``axis_keys``."""
+    if axis_keys is None or set(axis_keys) != {"x", "y"}:
+        raise ValueError(
+            'condition_key needs axis_keys={"x": <real category>, "y": <predicted category>}.'
+        )
+    cells = {}
+    for axis, category in axis_keys.items():
+        mask = (adata.obs[condition_key] == category).to_numpy()
+        if not mask.any():
+            raise ValueError(f"No cell has {condition_key} == {category!r} (axis_keys[{axis!r}]).")
+        cells[axis] = adata[mask]
+    return cells["y"], cells["x"]
 
 
 def _reg_plot(
     statistic: str,
     predicted: ad.AnnData,
-    real: ad.AnnData,
+    real: ad.AnnData | None,
     degs: Sequence[str] | None,
     predicted_layer: str | None,
+    predicted_is_log: bool | None,
     n_labels: int,
     ax: Axes | None,
     show: bool | None,
     save: str | None,
+    condition_key: str | None,
+    axis_keys: Mapping[str, str] | None,
+    gene_list: Sequence[str] | None,
+    top_100_genes: Sequence[str] | None,
 ) -> Axes | None:
+    if top_100_genes is not None:
+        if degs is not None:
+            raise ValueError("Pass degs or its scGen name top_100_genes, not both.")
+        degs = top_100_genes
+    if condition_key is not None:
+        if real is not None:
+            raise ValueError("With condition_key, pass one AnnData holding both populations.")
+        predicted, real = _split(predicted, condition_key, axis_keys)
+    elif real is None:
+        raise ValueError("Pass the real cells, or condition_key and axis_keys.")
     if not predicted.var_names.equals(real.var_names):
         raise ValueError("predicted and real must have the same var_names.")
     reduce = np.mean if statistic == "mean" else np.var
     x = reduce(log_normalized(real), axis=0)
-    y = reduce(log_normalized(predicted, predicted_layer), axis=0)
+    y = reduce(prediction_expression(predicted, predicted_layer, predicted_is_log), axis=0)
     r2 = np.corrcoef(x, y)[0, 1] ** 2
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -38,10 +109,11 @@ def _reg_plot(
         r2_deg = np.corrcoef(x[mask], y[mask])[0, 1] ** 2
         ax.scatter(x[mask], y[mask], s=10, c="tab:red", linewidths=0, label="top DEGs")
         title += f", DEGs {r2_deg:.3f}"
-        for gene in list(degs)[:n_labels]:
-            i = real.var_names.get_loc(gene)
-            ax.annotate(gene, (x[i], y[i]), fontsize=7)
         ax.legend(frameon=False, loc="upper left", fontsize=8)
+    labels = list(degs)[:n_labels] if gene_list is None and degs is not None else gene_list
+    for gene in labels or []:
+        i = real.var_names.get_loc(gene)
+        ax.annotate(gene, (x[i], y[i]), fontsize=7)
     lim = [min(x.min(), y.min()), max(x.max(), y.max())]
     ax.plot(lim, lim, ls="--", c="k", lw=0.8)
     ax.set_xlabel(f"real {statistic} (log-normalised)")
@@ -57,54 +129,52 @@ def _reg_plot(
 
 def reg_mean_plot(
     predicted: ad.AnnData,
-    real: ad.AnnData,
+    real: ad.AnnData | None = None,
     degs: Sequence[str] | None = None,
-    predicted_layer: str | None = "normalized",
+    predicted_layer: str | None = PREDICTION_LAYER,
     n_labels: int = 5,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | None = None,
+    *,
+    predicted_is_log: bool | None = None,
+    condition_key: str | None = None,
+    axis_keys: Mapping[str, str] | None = None,
+    gene_list: Sequence[str] | None = None,
+    top_100_genes: Sequence[str] | None = None,
 ) -> Axes | None:
-    """Scatter of per-gene means, predicted vs real, in log-normalised space.
-
-    Parameters
-    ----------
-    predicted
-        Output of :meth:`~sctrvae.TRVAEModel.predict`.
-    real
-        Real cells of the target condition (counts in ``X``), same ``var_names``.
-    degs
-        Genes to highlight (e.g. :func:`sctrvae.metrics.top_degs`); the first ``n_labels`` are
-        labelled.
-    predicted_layer
-        Layer of ``predicted`` to read; ``None`` reads ``X``.
-    ax
-        Axes to draw in; a new figure otherwise.
-    show
-        Show the figure and return ``None`` (scanpy's convention).
-    save
-        Path to save the figure to.
-
-    Returns
-    -------
-    The Axes, unless ``show`` is true.
-    """
-    return _reg_plot("mean", predicted, real, degs, predicted_layer, n_labels, ax, show, save)
+    return _reg_plot("mean", **locals())  # the arguments above, by name
 
 
 def reg_var_plot(
     predicted: ad.AnnData,
-    real: ad.AnnData,
+    real: ad.AnnData | None = None,
     degs: Sequence[str] | None = None,
-    predicted_layer: str | None = None,
+    predicted_layer: str | None = PREDICTION_LAYER,
     n_labels: int = 5,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | None = None,
+    *,
+    predicted_is_log: bool | None = None,
+    condition_key: str | None = None,
+    axis_keys: Mapping[str, str] | None = None,
+    gene_list: Sequence[str] | None = None,
+    top_100_genes: Sequence[str] | None = None,
 ) -> Axes | None:
-    """Scatter of per-gene variances, predicted vs real; see :func:`reg_mean_plot`.
+    return _reg_plot("variance", **locals())  # the arguments above, by name
 
-    ``predicted_layer`` defaults to ``X``: variances are only realistic for sampled counts
-    (``predict(..., n_samples=1)``).
-    """
-    return _reg_plot("variance", predicted, real, degs, predicted_layer, n_labels, ax, show, save)
+
+reg_mean_plot.__doc__ = (
+    """Scatter of per-gene means, predicted vs real, in log-normalised space.
+"""
+    + _PARAMETERS
+)
+reg_var_plot.__doc__ = (
+    """Scatter of per-gene variances, predicted vs real, in log-normalised space.
+
+    Variances are realistic for sampled readouts (``predict(readout="sampled")`` or
+    ``"calibrated"``), not for the deterministic mean.
+"""
+    + _PARAMETERS
+)

@@ -1,0 +1,228 @@
+"""predict(): readouts, layers written into the user's AnnData, and numbers unchanged.
+
+``data/predict_reference.npz`` holds the outputs of ``predict`` and ``get_latent_representation``
+as they were before prediction moved onto scvi-tools' ``transform_batch`` path (commit b4859e2,
+``predict(n_samples=..., calibrate=...)``), with the counts, the conditions and the weights of
+the two small models (NB, ZINB) they came from, so that training changes do not move them.
+"""
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import sctrvae
+from sctrvae import TRVAEModel
+from sctrvae.metrics import log1p_normalize
+
+REFERENCE = Path(__file__).parent / "data" / "predict_reference.npz"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(REFERENCE, allow_pickle=False))
+
+
+def reference_model(reference, likelihood):
+    adata = ad.AnnData(
+        reference["counts"].copy(),
+        obs=pd.DataFrame(
+            {"condition": reference["condition"], "cell_type": reference["cell_type"]},
+            index=[f"c{i}" for i in range(len(reference["counts"]))],
+        ),
+    )
+    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
+    TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = TRVAEModel(adata, n_hidden=8, n_latent=3, likelihood=likelihood)
+    prefix = f"{likelihood}/state/"
+    state = {
+        k[len(prefix) :]: torch.from_numpy(v) for k, v in reference.items() if k.startswith(prefix)
+    }
+    model.module.load_state_dict(state)
+    model.module.eval()
+    model.is_trained_ = True
+    return model, adata
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_predictions_are_the_ones_of_the_previous_implementation(reference, likelihood):
+    model, adata = reference_model(reference, likelihood)
+    ref = {k[len(likelihood) + 1 :]: v for k, v in reference.items() if k.startswith(likelihood)}
+    control = np.flatnonzero(adata.obs["condition"] == "control")
+    kwargs = {"target_condition": "stimulated", "batch_size": 16}  # several batches
+
+    mean = model.predict(**kwargs)
+    np.testing.assert_array_equal(mean.X, ref["mean/X"])
+    np.testing.assert_array_equal(mean.layers["normalized"], ref["mean/normalized"])
+    fixed = model.predict(library_size=1e4, **kwargs)
+    np.testing.assert_array_equal(fixed.X, ref["mean_lib/X"])
+
+    torch.manual_seed(11)
+    sampled = model.predict(indices=control, readout="sampled", n_samples=3, **kwargs)
+    np.testing.assert_array_equal(sampled.X, ref["sampled3/X"])
+    np.testing.assert_array_equal(sampled.layers["normalized"], ref["sampled3/normalized"])
+
+    torch.manual_seed(13)
+    calibrated = model.predict(indices=control, readout="calibrated", n_samples=3, **kwargs)
+    np.testing.assert_array_equal(calibrated.X, ref["calibrated/X"])
+    np.testing.assert_array_equal(
+        calibrated.layers["log_normalized"], ref["calibrated/log_normalized"]
+    )
+    torch.manual_seed(14)
+    grouped = model.predict(
+        indices=control, readout="calibrated", n_samples=3, groupby="cell_type", **kwargs
+    )
+    np.testing.assert_array_equal(
+        grouped.layers["log_normalized"], ref["calibrated_group/log_normalized"]
+    )
+    table = grouped.uns["sctrvae_calibration"]
+    np.testing.assert_array_equal(
+        table.loc[sorted(table.index)].to_numpy(), ref["calibrated_group/corrections"]
+    )
+
+    np.testing.assert_array_equal(model.get_latent_representation(), ref["z"])
+    np.testing.assert_array_equal(model.get_latent_representation(representation="y"), ref["y"])
+
+
+@pytest.mark.parametrize("readout", ["mean", "sampled", "calibrated"])
+def test_key_added_writes_the_readout_for_the_predicted_cells_only(trained, readout):
+    model, adata = trained
+    control = np.flatnonzero(adata.obs["condition"] == "control")
+    picked = control[[7, 2, 30]]  # unsorted
+    n_samples = None if readout == "mean" else 4
+    torch.manual_seed(0)
+    pred = model.predict(
+        indices=picked,
+        target_condition="stimulated",
+        readout=readout,
+        n_samples=n_samples,
+        key_added="trvae_stimulated",
+    )
+    written = adata.layers.pop("trvae_stimulated")
+    record = adata.uns.pop("trvae_stimulated")
+    assert written.shape == adata.shape
+    others = np.setdiff1d(np.arange(adata.n_obs), picked)
+    assert np.isnan(written[others]).all()
+    assert not np.isnan(written[picked]).any()
+    draws = pred.layers["log_normalized"].reshape(-1, picked.size, adata.n_vars)
+    if readout == "sampled":  # the log-normalised mean of the sampled counts
+        per_cell = log1p_normalize(pred.X.reshape(4, picked.size, -1).mean(0))
+    else:  # one draw of the mean; the mean of the calibrated draws
+        per_cell = draws.mean(0)
+    np.testing.assert_allclose(written[picked], per_cell, rtol=1e-5, atol=1e-6)
+    assert record == {
+        "readout": readout,
+        "target_condition": "stimulated",
+        "n_samples": n_samples or 0,
+        "library_size": "observed",
+        "sctrvae_version": sctrvae.__version__,
+    }
+    assert pred.uns["sctrvae_prediction"] == record
+
+
+def test_the_log_normalized_layer_is_the_readout(trained):
+    model, _ = trained
+    mean = model.predict(indices=np.arange(20), target_condition="stimulated")
+    np.testing.assert_allclose(
+        mean.layers["log_normalized"], log1p_normalize(mean.X), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        mean.layers["log_normalized"], np.log1p(mean.layers["normalized"] * 1e4), rtol=1e-4
+    )
+    drawn = model.predict(indices=np.arange(20), target_condition="stimulated", n_samples=2)
+    assert drawn.uns["sctrvae_prediction"]["readout"] == "sampled"
+    np.testing.assert_allclose(drawn.layers["log_normalized"], log1p_normalize(drawn.X), rtol=1e-5)
+
+
+def test_readout_arguments_are_checked(trained, snapshot, assert_unchanged):
+    model, adata = trained
+    before = snapshot(adata)
+    with pytest.raises(ValueError, match="readout must be one of"):
+        model.predict(target_condition="stimulated", readout="median", key_added="x")
+    with pytest.raises(ValueError, match="deterministic"):
+        model.predict(target_condition="stimulated", readout="mean", n_samples=3, key_added="x")
+    with pytest.raises(ValueError, match="n_samples >= 1"):
+        model.predict(target_condition="stimulated", readout="sampled", n_samples=0)
+    assert_unchanged(before, adata)
+
+
+def test_scores_and_plots_read_the_same_expression(trained):
+    model, adata = trained
+    source = adata[(adata.obs["condition"] == "control") & (adata.obs["cell_type"] == "type_0")]
+    real = adata[(adata.obs["condition"] == "stimulated") & (adata.obs["cell_type"] == "type_0")]
+    degs = list(adata.var_names[:10])
+    torch.manual_seed(0)
+    pred = model.predict(source, target_condition="stimulated", n_samples=1)
+    scores = sctrvae.metrics.score_prediction(pred, real, source, degs=degs)
+    ax = sctrvae.pl.reg_mean_plot(pred, real, degs=degs)
+    assert ax.get_title() == (
+        f"mean: R² = {scores['r2_mean_all']:.3f}, DEGs {scores['r2_mean_deg']:.3f}"
+    )
+    ax = sctrvae.pl.reg_var_plot(pred, real, degs=degs)
+    assert ax.get_title() == (
+        f"variance: R² = {scores['r2_var_all']:.3f}, DEGs {scores['r2_var_deg']:.3f}"
+    )
+
+
+def test_a_layer_written_by_predict_is_read_as_it_is(trained, tmp_path):
+    model, adata = trained
+    work = adata.copy()
+    source = np.flatnonzero(
+        (work.obs["condition"] == "control") & (work.obs["cell_type"] == "type_1")
+    )
+    real = work[(work.obs["condition"] == "stimulated") & (work.obs["cell_type"] == "type_1")]
+    torch.manual_seed(0)
+    pred = model.predict(
+        work,
+        indices=source,
+        target_condition="stimulated",
+        readout="calibrated",
+        n_samples=1,
+        key_added="trvae_stimulated",
+    )
+    degs = list(work.var_names[:10])
+    # the layer and its record survive a round trip through h5ad
+    work.write_h5ad(tmp_path / "work.h5ad")
+    work = ad.read_h5ad(tmp_path / "work.h5ad")
+    assert work.uns["trvae_stimulated"] == pred.uns["sctrvae_prediction"]
+    real = work[(work.obs["condition"] == "stimulated") & (work.obs["cell_type"] == "type_1")]
+    # the whole AnnData: rows not predicted (NaN) are left out
+    from_layer = sctrvae.metrics.score_prediction(
+        work, real, work[source], degs=degs, predicted_layer="trvae_stimulated"
+    )
+    assert from_layer == pytest.approx(
+        sctrvae.metrics.score_prediction(pred, real, work[source], degs=degs)
+    )
+    # predicted_layer=None reads X: here the draws before calibration
+    uncalibrated = sctrvae.metrics.score_prediction(
+        pred, real, work[source], degs=degs, predicted_layer=None
+    )
+    assert uncalibrated == pytest.approx(
+        sctrvae.metrics.score_log_expression(
+            log1p_normalize(pred.X),
+            log1p_normalize(real.X),
+            log1p_normalize(work[source].X),
+            work.var_names.isin(degs),
+        )
+    )
+    assert uncalibrated != pytest.approx(from_layer)
+    # scGen's form: one AnnData, the populations told apart by condition_key / axis_keys
+    ax = sctrvae.pl.reg_mean_plot(
+        work[work.obs["cell_type"] == "type_1"],
+        condition_key="condition",
+        axis_keys={"x": "stimulated", "y": "control"},
+        predicted_layer="trvae_stimulated",
+        top_100_genes=degs,
+        gene_list=["gene_3", "gene_50"],
+    )
+    assert ax.get_title() == (
+        f"mean: R² = {from_layer['r2_mean_all']:.3f}, DEGs {from_layer['r2_mean_deg']:.3f}"
+    )
+    assert sorted(text.get_text() for text in ax.texts) == ["gene_3", "gene_50"]
+    with pytest.raises(ValueError, match="axis_keys"):
+        sctrvae.pl.reg_mean_plot(work, condition_key="condition")
+    with pytest.raises(ValueError, match="not both"):
+        sctrvae.pl.reg_mean_plot(pred, real, degs=degs, top_100_genes=degs)
