@@ -30,15 +30,16 @@ class SparseNegativeBinomial(NegativeBinomial):
         if self._validate_args:
             self._validate_sample(value)
         mu, theta = self.mu, self.theta
-        shape = torch.broadcast_shapes(value.shape, mu.shape)
+        if value.shape != mu.shape:  # e.g. μ with a leading sample axis: broadcast as scvi-tools
+            shape = torch.broadcast_shapes(value.shape, mu.shape)
+            value, mu, theta = value.expand(shape), mu.expand(shape), theta.expand(shape)
         log_theta_mu = torch.log(theta + mu + _EPS)
-        log_prob = (theta * (torch.log(theta + _EPS) - log_theta_mu)).expand(shape)
-        value = value.expand(shape)
+        log_prob = theta * (torch.log(theta + _EPS) - log_theta_mu)
         nonzero = (value > 0).nonzero(as_tuple=True)
         x = value[nonzero]
-        th = theta.expand(shape)[nonzero]
+        th = theta[nonzero]
         count_terms = (
-            x * (torch.log(mu.expand(shape)[nonzero] + _EPS) - log_theta_mu.expand(shape)[nonzero])
+            x * (torch.log(mu[nonzero] + _EPS) - log_theta_mu[nonzero])
             + torch.lgamma(x + th)
             - torch.lgamma(th)
             - torch.lgamma(x + 1)
