@@ -284,6 +284,7 @@ kernel_bandwidths, kl_weight
                 **trainer_kwargs,
             )
         except Exception as error:
+            # a non-finite loss not read yet (off CPU) can make a later step fail first
             if stop_on_nan.error is None:
                 raise
             raise stop_on_nan.error from error
