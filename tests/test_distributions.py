@@ -6,29 +6,63 @@ from scvi.distributions import NegativeBinomial
 
 from sctrvae._distributions import SparseNegativeBinomial
 
+N_CELLS, N_GENES = 16, 40
 
-@pytest.mark.parametrize("per_cell_theta", [False, True])
-def test_log_prob_and_gradients_match_scvi(per_cell_theta):
-    # float64: in float32 both formulas round differently where log-gamma terms cancel
+
+def nb_inputs(theta_shape, n_samples):
+    """float64 logits, library sizes, log θ and counts; ``n_samples`` adds a sample axis to μ."""
     generator = torch.Generator().manual_seed(0)
-    n_cells, n_genes = 16, 40
-    logits = torch.randn(n_cells, n_genes, generator=generator, dtype=torch.float64)
-    library = torch.logspace(0, 5, n_cells, dtype=torch.float64).unsqueeze(-1)
-    theta_shape = (n_cells, n_genes) if per_cell_theta else (1, n_genes)
+    mu_shape = (n_samples, N_CELLS, N_GENES) if n_samples else (N_CELLS, N_GENES)
+    logits = torch.randn(mu_shape, generator=generator, dtype=torch.float64)
+    library = torch.logspace(0, 5, N_CELLS, dtype=torch.float64).unsqueeze(-1)
     log_theta = torch.randn(theta_shape, generator=generator, dtype=torch.float64) * 2
-    counts = torch.poisson(library * torch.softmax(logits, -1) * 0.5, generator=generator)
-    assert 0.1 < (counts == 0).float().mean() < 0.9  # both branches exercised
+    rate = library * torch.softmax(logits, -1).reshape(-1, N_CELLS, N_GENES)[0] * 0.5
+    counts = torch.poisson(rate, generator=generator)
+    assert 0.1 < (counts == 0).double().mean() < 0.9  # zero and non-zero terms both exercised
+    return logits, library, log_theta, counts
 
-    results = []
-    for cls in (NegativeBinomial, SparseNegativeBinomial):
-        params = [logits.clone().requires_grad_(), log_theta.clone().requires_grad_()]
-        mu = library * torch.softmax(params[0], -1)
-        log_prob = cls(mu=mu, theta=params[1].exp()).log_prob(counts)
-        log_prob.sum().backward()
-        results.append((log_prob.detach(), [p.grad for p in params]))
 
-    (expected, expected_grads), (actual, actual_grads) = results
-    assert actual.shape == (n_cells, n_genes)
+def log_prob_and_gradients(cls, logits, library, log_theta, counts):
+    params = [logits.clone().requires_grad_(), log_theta.clone().requires_grad_()]
+    mu = library * torch.softmax(params[0], -1)
+    log_prob = cls(mu=mu, theta=params[1].exp()).log_prob(counts)
+    log_prob.sum().backward()
+    return log_prob.detach(), [p.grad for p in params]
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("n_samples", [0, 3])
+@pytest.mark.parametrize("theta_shape", [(1, N_GENES), (N_CELLS, N_GENES)])
+def test_log_prob_and_gradients_match_scvi(monkeypatch, path, n_samples, theta_shape):
+    # float64: in float32 both formulas round differently where log-gamma terms cancel
+    if path == "dense":  # the formula accelerators use, forced on CPU
+        monkeypatch.setattr(SparseNegativeBinomial, "sparse_devices", ())
+    inputs = nb_inputs(theta_shape, n_samples)
+    expected, expected_grads = log_prob_and_gradients(NegativeBinomial, *inputs)
+    actual, actual_grads = log_prob_and_gradients(SparseNegativeBinomial, *inputs)
+    assert expected.shape == ((n_samples,) if n_samples else ()) + (N_CELLS, N_GENES)
+    assert actual.shape == expected.shape
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-7)
     for a, e in zip(actual_grads, expected_grads, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-7)
+
+
+def test_sparse_path_runs_on_cpu_only(monkeypatch):
+    mu, theta = torch.full((4, 5), 2.0), torch.ones(1, 5)
+    counts = torch.tensor([[0.0, 1.0, 0.0, 3.0, 0.0]] * 4)
+    nonzero_calls = []
+    nonzero = torch.Tensor.nonzero
+
+    def counting_nonzero(self, *args, **kwargs):
+        nonzero_calls.append(self.device.type)
+        return nonzero(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "nonzero", counting_nonzero)
+    SparseNegativeBinomial(mu=mu, theta=theta).log_prob(counts)
+    assert nonzero_calls == ["cpu"]
+    # any other device gets the dense formula: no nonzero(), whose size the host must read (on
+    # the meta device, which has no data, it could not run at all)
+    meta = SparseNegativeBinomial(mu=mu.to("meta"), theta=theta.to("meta"))
+    log_prob = meta.log_prob(counts.to("meta"))
+    assert (log_prob.device.type, log_prob.shape) == ("meta", (4, 5))
+    assert nonzero_calls == ["cpu"]

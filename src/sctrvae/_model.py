@@ -276,14 +276,16 @@ kernel_bandwidths, kl_weight
         early_stopping
             Stop when ``validation_loss`` (ELBO terms + weighted MMD) has not improved for
             ``early_stopping_patience`` epochs after the KL warm-up, and restore the weights of
-            the best epoch. Disabled by scvi-tools under DDP, and here (with a warning) when
-            there are no validation cells (``train_size=1.0`` or ``validation_size=0``).
+            the best epoch after the warm-up. Disabled by scvi-tools under DDP, and here (with a
+            warning) when there are no validation cells (``train_size=1.0`` or
+            ``validation_size=0``).
         min_cells_per_condition
             Floor of cells of each condition in every minibatch (small conditions are resampled).
         plan_kwargs
             Keyword arguments of :class:`~scvi.train.TrainingPlan`. Defaults here: ``lr=3e-3``
-            and a KL warm-up over the first 10 epochs (``n_epochs_kl_warmup``); scvi-tools' own
-            defaults (1e-3, 400 epochs) leave the KL under-weighted for most of a short run.
+            and a KL warm-up over the first 10 epochs (``n_epochs_kl_warmup``, or
+            ``n_steps_kl_warmup`` steps instead); scvi-tools' own defaults (1e-3, 400 epochs)
+            leave the KL under-weighted for most of a short run.
         datasplitter_kwargs
             Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`, e.g.
             ``{"device_resident": True}``: copy the count matrix to the training device once and
@@ -297,7 +299,10 @@ kernel_bandwidths, kl_weight
         )
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = {"lr": DEFAULT_LR, **(plan_kwargs or {})}
-        if "n_steps_kl_warmup" not in plan_kwargs:
+        if "n_steps_kl_warmup" in plan_kwargs:
+            # scvi-tools' epoch warm-up (400 epochs by default) would take precedence
+            plan_kwargs.setdefault("n_epochs_kl_warmup", None)
+        else:
             plan_kwargs.setdefault("n_epochs_kl_warmup", min(KL_WARMUP_EPOCHS, max_epochs))
         datasplitter_kwargs = {
             "min_cells_per_condition": min_cells_per_condition,
@@ -309,7 +314,8 @@ kernel_bandwidths, kl_weight
             # (already per-rank) batches again
             trainer_kwargs.setdefault("use_distributed_sampler", False)
         # a diverged run raises instead of leaving NaN weights behind
-        callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), StopOnNonFiniteLoss()]
+        stop_on_nan = StopOnNonFiniteLoss()
+        callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), stop_on_nan]
         external = datasplitter_kwargs.get("external_indexing")
         validated = has_validation_cells(self.adata.n_obs, train_size, validation_size, external)
         if early_stopping and not distributed and not validated:
@@ -331,18 +337,24 @@ kernel_bandwidths, kl_weight
         # scvi-tools leaves the module in eval mode after training or loading, and Lightning keeps
         # the mode it finds: without this a second train() (or a resume) runs without dropout
         self.module.train()
-        return super().train(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            datasplitter_kwargs=datasplitter_kwargs,
-            **trainer_kwargs,
-        )
+        try:
+            return super().train(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                datasplitter_kwargs=datasplitter_kwargs,
+                **trainer_kwargs,
+            )
+        except Exception as error:
+            # a non-finite loss not read yet (off CPU) can make a later step fail first
+            if stop_on_nan.error is None:
+                raise
+            raise stop_on_nan.error from error
 
     def _condition_code(self, condition: str) -> int:
         if str(condition) not in self.conditions:
