@@ -30,6 +30,7 @@ from ._validation import (
     check_condition_sizes,
     check_expression,
     check_finite,
+    check_indices,
     check_known_conditions,
     check_not_view,
     check_var_names,
@@ -425,6 +426,7 @@ kernel_bandwidths, kl_weight
         proportions, each row summing to 1 (count likelihoods only);
         ``.layers["log_normalized"]`` with ``calibrate``.
         """
+        check_indices(indices)
         if target_condition is None:
             raise ValueError(f"Pass target_condition, one of {self.conditions}.")
         target = self._condition_code(target_condition)
