@@ -41,7 +41,8 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest
 
-# warnings are errors; the tutorial notebooks are executed (on the Kang file when it is present)
+# warnings are errors; the tutorials/ notebooks (linked as docs/tutorials) are executed again (on
+# the Kang file when it is present), so an API change that breaks them fails the build
 docs: $(VENV)/.installed-docs
 	rm -rf docs/generated
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html

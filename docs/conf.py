@@ -44,7 +44,8 @@ default_role = "literal"
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 3
 
-# notebooks are stored without outputs and executed at every build
+# the notebooks (tutorials/, linked as docs/tutorials) are stored with their outputs so GitHub
+# shows the figures, and re-executed at every build so that an API change fails the docs
 nb_execution_mode = "force"
 nb_execution_timeout = int(os.environ.get("SCTRVAE_NB_TIMEOUT", 900))
 nb_execution_raise_on_error = True

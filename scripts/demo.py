@@ -6,10 +6,12 @@ Default data: ``sctrvae.datasets.simulate``. ``--data file.h5ad`` runs the same 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
 import anndata as ad
+import lightning.pytorch as pl
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,6 +19,38 @@ import matplotlib.pyplot as plt
 import scvi
 
 import sctrvae
+
+#: Metrics shown in the progress lines, when logged.
+PROGRESS_METRICS = ("train_loss", "validation_loss", "mmd_validation")
+
+
+class PrintProgress(pl.Callback):
+    """A line every ``every`` epochs (epoch, losses, time), and a time estimate after epoch 1."""
+
+    def __init__(self, every: int = 10):
+        super().__init__()
+        self.every = every
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch, elapsed = trainer.current_epoch + 1, time.perf_counter() - self.start
+        if epoch == 1:
+            longest = elapsed * trainer.max_epochs / 60
+            print(
+                f"  {elapsed:.1f} s per epoch: at most {longest:.1f} min for {trainer.max_epochs} "
+                "epochs (early stopping usually ends sooner)",
+                flush=True,
+            )
+        if epoch == 1 or epoch % self.every == 0:
+            metrics = trainer.callback_metrics
+            shown = "  ".join(
+                f"{k} {float(metrics[k]):.4g}" for k in PROGRESS_METRICS if k in metrics
+            )
+            print(
+                f"  epoch {epoch:4d}/{trainer.max_epochs}  {shown}  ({elapsed:.0f} s)", flush=True
+            )
 
 
 def main() -> None:
@@ -32,6 +66,9 @@ def main() -> None:
     parser.add_argument("--out", default="demo_output")
     args = parser.parse_args()
 
+    # Lightning's and scvi-tools' INFO banners (devices, tips, seed) would drown the progress lines
+    for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     scvi.settings.seed = args.seed
     if args.data:
         adata = ad.read_h5ad(args.data)
@@ -55,8 +92,15 @@ def main() -> None:
 
     sctrvae.TRVAEModel.setup_anndata(train, condition_key=ck)
     model = sctrvae.TRVAEModel(train)
+    max_epochs = args.max_epochs or scvi.model._utils.get_max_epochs_heuristic(train.n_obs)
+    print(
+        f"training on {train.n_obs} cells, up to {max_epochs} epochs (early stopping usually "
+        "ends sooner): about 2-3 minutes on 2 CPU cores for the default data; a line every "
+        "10 epochs",
+        flush=True,
+    )
     start = time.perf_counter()
-    model.train(max_epochs=args.max_epochs, enable_progress_bar=False)
+    model.train(max_epochs=max_epochs, enable_progress_bar=False, callbacks=[PrintProgress()])
     print(
         f"trained {len(model.history['elbo_train'])} epochs in {time.perf_counter() - start:.1f} s"
     )

@@ -54,9 +54,30 @@ def _value_chunks(matrix) -> Iterator[np.ndarray]:
 
 
 def check_anndata_object(adata: ad.AnnData, call: str) -> None:
-    """Raise unless ``adata`` is an AnnData object (in memory or backed)."""
+    """Raise unless ``adata`` is an AnnData object (in memory or backed) with at least one cell."""
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"{call} needs an AnnData object, got {type(adata).__name__}.")
+    if adata.n_obs == 0:
+        # an empty selection, e.g. a cell type name the data spells differently
+        raise ValueError(
+            f"{call}: adata has no cells (0 observations); check the selection that made it, "
+            "e.g. that the cell type and condition names exist in adata.obs."
+        )
+
+
+def check_indices(indices) -> None:
+    """Raise for ``indices`` given as strings, e.g. a target condition passed positionally."""
+    if isinstance(indices, str):
+        raise TypeError(
+            f"indices={indices!r} is a string, but indices selects cells (positions or a "
+            f"boolean mask). To predict a condition, pass target_condition={indices!r}."
+        )
+    if indices is not None and np.asarray(indices).dtype.kind in "USO":
+        raise TypeError(
+            "indices holds strings, but it selects cells by position or boolean mask: pass "
+            "target_condition=... for the condition, and cell names as positions, e.g. "
+            "`adata.obs_names.get_indexer(names)`."
+        )
 
 
 def check_not_view(adata: ad.AnnData, call: str) -> None:
