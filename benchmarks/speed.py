@@ -244,8 +244,8 @@ def write_report(df: pd.DataFrame, out: Path, wall: float, quick: bool) -> None:
         lines += [
             "## Simulated shapes: default train() against 3× its optimiser steps",
             "",
-            f"Means over seeds {sorted(sim.seed.unique())}; `pearson_lfc`: predicted vs true log "
-            "fold change of the held-out type over all genes.",
+            f"Means over seeds {sorted(int(s) for s in sim.seed.unique())}; `pearson_lfc`: "
+            "predicted vs true log fold change of the held-out type over all genes.",
             "",
             table.round(3).to_markdown(),
             "",
