@@ -13,8 +13,8 @@ Three parts, each a section of the report:
   with the simulator's true one, over all genes. Default ``train()`` against a run of 3× its
   optimiser steps (no early stopping).
 - **load**: seconds per training step on Kang, in a fresh process per setting (torch threads,
-  ``OMP_WAIT_POLICY``), alone and with three competing CPU-bound processes that this script
-  starts and stops itself.
+  ``OMP_WAIT_POLICY``, ``train()``'s own choice), alone and with three competing CPU-bound
+  processes that this script starts and stops itself.
 
 Data: ``$SCTRVAE_KANG_PATH`` or ``../shared/data/kang_pbmc_ifnb_1975.h5ad`` beside the repository.
 Run on an otherwise idle machine: everything else running is competing load.
@@ -37,13 +37,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
 SHAPES = {"1.5k x 1.3k": (1556, 1267), "5k x 300": (5000, 300), "20k x 2k": (20000, 2000)}
-#: (label, torch threads or None for torch's default, OMP_WAIT_POLICY or None, torch imported
-#: before sctrvae, so that the package's OMP_WAIT_POLICY default comes too late)
+#: (label, torch threads: "all" usable CPUs, 1, or None for train()'s default; torch imported
+#: before sctrvae, so that the package's OMP_WAIT_POLICY=PASSIVE comes too late for libgomp)
 LOAD_SETTINGS = [
-    ("default threads, libgomp default wait", None, None, True),
-    ("default threads, PASSIVE (package default)", None, None, False),
-    ("1 thread, PASSIVE", 1, None, False),
-    ("1 thread, libgomp default wait", 1, None, True),
+    ("all CPUs, libgomp's default wait policy", "all", True),
+    ("all CPUs, OMP_WAIT_POLICY=PASSIVE", "all", False),
+    ("1 thread", 1, False),
+    ("train() default (idle CPUs), PASSIVE", None, False),
 ]
 BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
@@ -80,7 +80,7 @@ def kang_folds(path: Path, groups: list[str] | None) -> pd.DataFrame:
 
 
 def _predicted_lfc(model, cells) -> np.ndarray:
-    """log mean predicted proportions, stimulated minus control, from the same control cells."""
+    """Log mean predicted proportions, stimulated minus control, from the same control cells."""
     stim = model.predict(cells, target_condition="stimulated").layers["normalized"].mean(0)
     ctrl = model.predict(cells, target_condition="control").layers["normalized"].mean(0)
     return np.log(stim) - np.log(ctrl)
@@ -127,18 +127,21 @@ def simulated_fit(shape: str, seed: int, longer: float = 3.0) -> list[dict]:
     return rows
 
 
-def child_step_time(threads: int | None, torch_first: bool, epochs: int, path: str) -> None:
+def child_step_time(threads: int | str | None, torch_first: bool, epochs: int, path: str) -> None:
     """Run in a fresh process: print seconds per training step on Kang as JSON."""
     if torch_first:
         import torch  # libgomp loads before sctrvae can set OMP_WAIT_POLICY
+    import sctrvae  # noqa: I001  (otherwise first: lightning below imports torch)
     import anndata as ad
     import lightning.pytorch as pl
+    import scvi
     import torch
 
-    import sctrvae
-
     if threads is not None:
-        torch.set_num_threads(threads)
+        # train() keeps a thread count chosen through scvi-tools' setting
+        scvi.settings.num_threads = (
+            sctrvae._threads.available_cpus() if threads == "all" else threads
+        )
 
     class StepTimer(pl.Callback):
         def __init__(self):
@@ -171,11 +174,9 @@ def load_runs(path: Path, epochs: int, busy_seconds: int) -> pd.DataFrame:
     """Seconds per step for each setting, alone and beside three busy processes."""
     rows = []
     for loaded in (False, True):
-        for label, threads, policy, torch_first in LOAD_SETTINGS:
+        for label, threads, torch_first in LOAD_SETTINGS:
             drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
             env = {k: v for k, v in os.environ.items() if k not in drop}
-            if policy is not None:
-                env["OMP_WAIT_POLICY"] = policy
             env["PYTHONPATH"] = str(ROOT / "src")
             args = json.dumps([threads, torch_first, epochs, str(path)])
             busy = []
@@ -273,6 +274,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 folds, 1 seed, small shapes")
     parser.add_argument("--parts", nargs="+", default=["kang", "simulated", "load"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="simulated shapes")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -286,7 +288,7 @@ def main() -> None:
     if "kang" in args.parts:
         frames.append(kang_folds(path, ["CD4T", "B"] if args.quick else None))
     if "simulated" in args.parts:
-        shapes = list(SHAPES)[:2] if args.quick else list(SHAPES)
+        shapes = args.shapes or (list(SHAPES)[:2] if args.quick else list(SHAPES))
         seeds = range(1 if args.quick else args.seeds)
         frames.append(
             pd.DataFrame([r for s in shapes for seed in seeds for r in simulated_fit(s, seed)])

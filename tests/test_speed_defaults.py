@@ -145,8 +145,14 @@ def test_import_sets_omp_wait_policy_unless_the_user_did(user, expected):
     assert out.stdout.strip() == expected
 
 
-@pytest.mark.parametrize(("load", "expected"), [(0.2, 4), (1.0, 4), (2.4, 3), (3.9, 1), (9.0, 1)])
-def test_training_threads_leave_busy_cores_alone(monkeypatch, load, expected):
+@pytest.mark.parametrize(
+    ("load", "running", "expected"),
+    [(0.2, 1, 4), (1.0, 1, 4), (2.4, 1, 3), (0.3, 3, 2), (3.9, 2, 1), (9.0, 1, 1)],
+)
+def test_training_threads_leave_busy_cores_alone(tmp_path, monkeypatch, load, running, expected):
     monkeypatch.setattr(_threads, "available_cpus", lambda: 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    proc = tmp_path / "loadavg"
+    proc.write_text(f"{load} {load} {load} {running}/300 12345\n")
+    monkeypatch.setattr(_threads, "PROC_LOADAVG", proc)
     assert _threads.training_threads() == expected

@@ -254,9 +254,9 @@ kernel_bandwidths, kl_weight
         Notes
         -----
         Unless ``scvi.settings.num_threads`` or ``OMP_NUM_THREADS`` is set, the number of torch
-        threads is set to the CPUs this process may use (affinity, cgroup quota) that the load
-        average shows idle, at least 1: on a machine shared with busy processes, one thread per
-        core is many times slower than one thread.
+        threads is set to the CPUs this process may use (affinity, cgroup quota) that other
+        processes leave idle (load average, processes running now), at least 1: on a machine
+        shared with busy processes, one thread per core can be many times slower than one thread.
         """
         check_condition_sizes(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions

@@ -14,6 +14,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: cgroup v2 CPU quota of this process's container ("max" or "<quota> <period>").
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+#: Linux load averages and "running/total" processes.
+PROC_LOADAVG = Path("/proc/loadavg")
 
 
 def available_cpus() -> int:
@@ -37,9 +39,17 @@ def training_threads() -> int:
 
     Small batches make many short parallel regions; when another process holds one of the cores,
     every region waits for the thread stuck behind it (measured on Kang, 2 cores shared with busy
-    processes: 8-15× slower per step with 2 threads than with 1). The 1-minute load average, minus
-    this process, tells how many cores are taken when training starts.
+    processes: 2 threads 4-15× slower per step than 1 without ``OMP_WAIT_POLICY=PASSIVE``, about
+    as fast with it; see the Speed section of ``benchmarks/README.md``). Busy cores are the
+    larger of the 1-minute load average and the processes running right now (``/proc/loadavg``,
+    which follows a change of load at once), minus this process: one thread too few costs far
+    less than one too many.
     """
     cpus = available_cpus()
-    others = max(0.0, os.getloadavg()[0] - 1.0) if hasattr(os, "getloadavg") else 0.0
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    try:
+        running = int(PROC_LOADAVG.read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        running = 0
+    others = max(0.0, max(busy, running) - 1.0)
     return max(1, min(cpus, round(cpus - others)))
