@@ -11,7 +11,13 @@ from scvi.train import TrainingPlan
 
 import sctrvae
 from sctrvae import TRVAEModel, _threads
-from sctrvae._model import KL_WARMUP_STEPS, MAX_STEPS, PATIENCE_STEPS, _steps_per_epoch
+from sctrvae._model import (
+    KL_WARMUP_STEPS,
+    MAX_STEPS,
+    PATIENCE_STEPS,
+    _step_budget,
+    _steps_per_epoch,
+)
 from sctrvae._training_plan import TRVAETrainingPlan
 
 
@@ -81,7 +87,7 @@ def test_default_budget_is_in_optimiser_steps(sim):
     steps_per_epoch = _steps_per_epoch(sim.n_obs, None, 64)
     assert steps_per_epoch == math.ceil(math.ceil(0.9 * 600) / 64) == 9
     trainer = model.trainer
-    assert trainer.max_epochs == math.ceil(MAX_STEPS / steps_per_epoch)
+    assert trainer.max_epochs == math.ceil(12 / steps_per_epoch) == 2  # from the step budget
     assert trainer.global_step == 12  # the step budget, not the epochs, ended the run
     plan = trainer.lightning_module
     assert plan.n_steps_kl_warmup == 12
@@ -91,10 +97,11 @@ def test_default_budget_is_in_optimiser_steps(sim):
 
 
 def test_default_budget_scales_with_the_data():
-    # small data: the step budget is many epochs; large data: a fraction of the epochs
-    assert math.ceil(MAX_STEPS / _steps_per_epoch(1975, None, 128)) == 143
-    assert math.ceil(MAX_STEPS / _steps_per_epoch(20_000, None, 128)) == 15
-    assert math.ceil(MAX_STEPS / _steps_per_epoch(1_000_000, None, 128)) == 1
+    # small data: the step budget is many epochs; large data: one epoch, every cell seen once
+    kang, medium, large = (_steps_per_epoch(n, None, 128) for n in (1975, 20_000, 1_000_000))
+    assert (kang, medium, large) == (14, 141, 7032)
+    assert [_step_budget(s) for s in (kang, medium, large)] == [MAX_STEPS, MAX_STEPS, 7032]
+    assert math.ceil(_step_budget(medium) / medium) == 15
     assert _steps_per_epoch(100, 1.0, 128) == 1
 
 

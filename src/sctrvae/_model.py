@@ -220,9 +220,9 @@ kernel_bandwidths, kl_weight
         Parameters
         ----------
         max_epochs
-            Default: a budget of 2,000 optimiser steps (``MAX_STEPS``), rounded up to whole
-            epochs: ``ceil(2000 / ceil(n_train / batch_size))``. Passing it trains at most that
-            many epochs, with no step budget.
+            Default: a budget of 2,000 optimiser steps (``MAX_STEPS``, passed to Lightning as
+            ``max_steps``), or one epoch if that is longer, so that every cell is seen once.
+            Passing it trains at most that many epochs, with no step budget.
         %(param_accelerator)s
         %(param_devices)s
         train_size, validation_size
@@ -265,8 +265,8 @@ kernel_bandwidths, kl_weight
             torch.set_num_threads(training_threads())
         steps_per_epoch = _steps_per_epoch(self.adata.n_obs, train_size, batch_size)
         if max_epochs is None:
-            max_epochs = math.ceil(MAX_STEPS / steps_per_epoch)
-            trainer_kwargs.setdefault("max_steps", MAX_STEPS)
+            trainer_kwargs.setdefault("max_steps", _step_budget(steps_per_epoch))
+            max_epochs = math.ceil(trainer_kwargs["max_steps"] / steps_per_epoch)
         plan_kwargs = {"lr": DEFAULT_LR, **(plan_kwargs or {})}
         if "n_epochs_kl_warmup" not in plan_kwargs:
             total_steps = max_epochs * steps_per_epoch
@@ -556,6 +556,11 @@ def _steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> i
     """Optimiser steps in one epoch of the training split (as scvi-tools' splitter sizes it)."""
     n_train = math.ceil((0.9 if train_size is None else train_size) * n_obs)
     return max(1, math.ceil(n_train / batch_size))
+
+
+def _step_budget(steps_per_epoch: int) -> int:
+    """Default ``max_steps``: ``MAX_STEPS``, or one epoch if longer (every cell is seen once)."""
+    return max(MAX_STEPS, steps_per_epoch)
 
 
 def _matrix_name(layer: str | None) -> str:
