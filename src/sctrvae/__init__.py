@@ -1,5 +1,7 @@
 """sctrvae: trVAE condition transfer on scvi-tools."""
 
+# first: sets OMP_WAIT_POLICY before anything below loads torch
+from . import _threads  # noqa: F401, I001
 from . import benchmark, datasets, metrics, pl
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
 from ._device_data import DeviceResidentData

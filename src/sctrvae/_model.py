@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,10 +17,10 @@ import pandas as pd
 # at the top of rich.console, rich 15 imports it lazily
 import rich.pretty  # noqa: F401
 import torch
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
-from scvi.model._utils import get_max_epochs_heuristic, use_distributed_sampler
+from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import (
     ArchesMixin,
     BaseModelClass,
@@ -35,6 +36,7 @@ from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._data_splitter import ConditionBalancedDataSplitter, has_validation_cells
 from ._differential import differential_response
 from ._module import Dispersion, Likelihood, TRVAEModule
+from ._threads import training_threads
 from ._training_plan import TRVAETrainingPlan
 from ._validation import (
     check_anndata_object,
@@ -54,8 +56,14 @@ logger = logging.getLogger(__name__)
 
 #: Adam learning rate of ``train()``: converges in about a third of the epochs 1e-3 needs here.
 DEFAULT_LR = 3e-3
-#: Epochs of linear KL warm-up; early stopping waits for them (the loss changes meaning meanwhile).
-KL_WARMUP_EPOCHS = 10
+#: Optimiser steps of linear KL warm-up; early stopping waits for them (the loss changes meaning
+#: meanwhile). Budgets are in steps because a step, not an epoch, is the unit of the optimiser's
+#: progress: an epoch of a large dataset holds many times the steps the model needs.
+KL_WARMUP_STEPS = 150
+#: Steps without a better validation loss before early stopping (rounded up to whole epochs).
+PATIENCE_STEPS = 150
+#: Default budget of optimiser steps (``max_epochs=None``); early stopping usually ends sooner.
+MAX_STEPS = 2000
 
 Readout = Literal["mean", "sampled", "calibrated"]
 #: Draws per cell when ``predict`` is not given ``n_samples``.
@@ -257,7 +265,7 @@ kernel_bandwidths, kl_weight
         validation_size: float | None = None,
         batch_size: int = 128,
         early_stopping: bool = True,
-        early_stopping_patience: int = 10,
+        early_stopping_patience: int | None = None,
         min_cells_per_condition: int = 8,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
@@ -268,7 +276,9 @@ kernel_bandwidths, kl_weight
         Parameters
         ----------
         max_epochs
-            Default: scvi-tools' heuristic (400 epochs up to 20k cells, fewer above).
+            Default: a budget of 2,000 optimiser steps (``MAX_STEPS``, passed to Lightning as
+            ``max_steps``), or one epoch if that is longer, so that every cell is seen once.
+            Passing it trains at most that many epochs, with no step budget.
         %(param_accelerator)s
         %(param_devices)s
         train_size, validation_size
@@ -281,31 +291,49 @@ kernel_bandwidths, kl_weight
             the best epoch after the warm-up. Disabled by scvi-tools under DDP, and here (with a
             warning) when there are no validation cells (``train_size=1.0`` or
             ``validation_size=0``).
+        early_stopping_patience
+            Epochs without improvement before stopping. Default: 150 optimiser steps
+            (``PATIENCE_STEPS``) rounded up to whole epochs, at least 2.
         min_cells_per_condition
             Floor of cells of each condition in every minibatch (small conditions are resampled).
         plan_kwargs
             Keyword arguments of :class:`~scvi.train.TrainingPlan`. Defaults here: ``lr=3e-3``
-            and a KL warm-up over the first 10 epochs (``n_epochs_kl_warmup``, or
-            ``n_steps_kl_warmup`` steps instead); scvi-tools' own defaults (1e-3, 400 epochs)
-            leave the KL under-weighted for most of a short run.
+            and a KL warm-up over the first 150 optimiser steps (``n_steps_kl_warmup``, at most
+            the whole run); scvi-tools' own defaults (1e-3, 400 epochs) leave the KL
+            under-weighted for most of a short run. ``n_epochs_kl_warmup`` counts in epochs.
         datasplitter_kwargs
             Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`, e.g.
             ``{"device_resident": True}``: copy the count matrix to the training device once and
             slice every minibatch there (for a GPU starved by the data loader).
         **trainer_kwargs
             Keyword arguments of :class:`~scvi.train.Trainer` (``strategy``,
-            ``gradient_clip_val``, ``enable_progress_bar``, ...).
+            ``gradient_clip_val``, ``enable_progress_bar``, ``max_steps``, ...).
+
+        Notes
+        -----
+        Unless ``scvi.settings.num_threads`` or ``OMP_NUM_THREADS`` is set, the number of torch
+        threads is set to the CPUs this process may use (affinity, cgroup quota) that other
+        processes leave idle (load average, processes running now), at least 1: on a machine
+        shared with busy processes, one thread per core can be many times slower than one thread.
         """
         check_condition_sizes(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions
         )
-        max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
+        if settings.num_threads is None and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(training_threads())
+        steps_per_epoch = _steps_per_epoch(self.adata.n_obs, train_size, batch_size)
+        if max_epochs is None:
+            trainer_kwargs.setdefault("max_steps", _step_budget(steps_per_epoch))
+            max_epochs = math.ceil(trainer_kwargs["max_steps"] / steps_per_epoch)
         plan_kwargs = {"lr": DEFAULT_LR, **(plan_kwargs or {})}
-        if "n_steps_kl_warmup" in plan_kwargs:
-            # scvi-tools' epoch warm-up (400 epochs by default) would take precedence
-            plan_kwargs.setdefault("n_epochs_kl_warmup", None)
-        else:
-            plan_kwargs.setdefault("n_epochs_kl_warmup", min(KL_WARMUP_EPOCHS, max_epochs))
+        if "n_epochs_kl_warmup" not in plan_kwargs:
+            total_steps = max_epochs * steps_per_epoch
+            if trainer_kwargs.get("max_steps", -1) >= 0:
+                total_steps = min(total_steps, trainer_kwargs["max_steps"])
+            plan_kwargs.setdefault("n_steps_kl_warmup", min(KL_WARMUP_STEPS, total_steps))
+            plan_kwargs["n_epochs_kl_warmup"] = None
+        if early_stopping_patience is None:
+            early_stopping_patience = max(2, math.ceil(PATIENCE_STEPS / steps_per_epoch))
         datasplitter_kwargs = {
             "min_cells_per_condition": min_cells_per_condition,
             **(datasplitter_kwargs or {}),
@@ -330,7 +358,9 @@ kernel_bandwidths, kl_weight
             early_stopping = False
         # scvi-tools switches early stopping off under DDP, and with it validation
         if early_stopping and not distributed:
-            warmup = plan_kwargs.get("n_epochs_kl_warmup") or 0
+            warmup = plan_kwargs["n_epochs_kl_warmup"] or math.ceil(
+                (plan_kwargs.get("n_steps_kl_warmup") or 0) / steps_per_epoch
+            )
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
             trainer_kwargs.setdefault("early_stopping_warmup_epochs", warmup)
@@ -807,6 +837,17 @@ kernel_bandwidths, kl_weight
             random_state=random_state,
             key_added=key_added,
         )
+
+
+def _steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> int:
+    """Optimiser steps in one epoch of the training split (as scvi-tools' splitter sizes it)."""
+    n_train = math.ceil((0.9 if train_size is None else train_size) * n_obs)
+    return max(1, math.ceil(n_train / batch_size))
+
+
+def _step_budget(steps_per_epoch: int) -> int:
+    """Default ``max_steps``: ``MAX_STEPS``, or one epoch if longer (every cell is seen once)."""
+    return max(MAX_STEPS, steps_per_epoch)
 
 
 def _matrix_name(layer: str | None) -> str:

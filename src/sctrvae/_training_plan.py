@@ -1,19 +1,99 @@
-"""scvi-tools' TrainingPlan, with metrics logged in a way Lightning's DDP sync accepts."""
+"""scvi-tools' TrainingPlan with epoch-level metrics summed on the device and a fused Adam."""
 
 from __future__ import annotations
 
 import torch
+from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
+
+#: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
+#: TRVAEModule has no global KL term, so scvi-tools' ``kl_global_*`` (always 0) is not logged.
+_METRICS = ("loss", "elbo", "reconstruction_loss", "kl_local", "mmd")
 
 
 class TRVAETrainingPlan(TrainingPlan):
-    """:class:`~scvi.train.TrainingPlan` whose metric logging also works under DDP.
+    """:class:`~scvi.train.TrainingPlan` with cheaper per-step bookkeeping.
 
-    scvi-tools 1.4 logs its metrics under ``torch.inference_mode``; Lightning's DDP reduction
-    later rescales the logged tensors in place outside that mode, which raises. Logging under
-    ``torch.no_grad`` instead keeps them ordinary tensors; values are unchanged.
+    With the default ``on_step=False``, scvi-tools logs seven metrics through Lightning on every
+    step, about a tenth of a CPU training step on Kang-sized data. Here each step adds its sums
+    to one tensor on the device instead (no host synchronisation), and the same epoch means are
+    logged once per epoch under the same names (``train_loss``, ``elbo_train``, ...,
+    ``validation_loss``), summed over the processes under DDP. ``kl_weight`` is logged once per
+    epoch (its value at the epoch's last step). ``on_step=True`` takes scvi-tools' path.
+
+    Adam is the fused implementation where the parameters' device has one (CPU and CUDA): the
+    same update, a third of the time of the per-tensor loop on CPU.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sums: dict[str, torch.Tensor | None] = {"train": None, "validation": None}
+
+    def _optimizer_creator_fn(self, optimizer_cls):
+        def create(params):
+            params = list(params)
+            fused = all(p.device.type in ("cpu", "cuda") for p in params)
+            return optimizer_cls(
+                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
+            )
+
+        return create
+
     def compute_and_log_metrics(self, loss_output, metrics, mode):
+        # scvi-tools logs under torch.inference_mode; Lightning's DDP reduction later rescales
+        # the logged tensors in place outside that mode, which raises
         with torch.no_grad():
             TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+
+    def training_step(self, batch, batch_idx):
+        """One optimiser step's loss; its metrics are added to the epoch's sums."""
+        if self.on_step:
+            return super().training_step(batch, batch_idx)
+        if "kl_weight" in self.loss_kwargs:
+            self.loss_kwargs["kl_weight"] = self.kl_weight
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._accumulate("train", loss_output)
+        return loss_output.loss
+
+    def validation_step(self, batch, batch_idx):
+        """Add a validation batch's metrics to the epoch's sums."""
+        if self.on_step:
+            return super().validation_step(batch, batch_idx)
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._accumulate("validation", loss_output)
+
+    @torch.no_grad()
+    def _accumulate(self, mode: str, loss_output: LossOutput) -> None:
+        n = loss_output.n_obs_minibatch
+        mmd = loss_output.extra_metrics.get("mmd", torch.zeros((), device=self.device))
+        rec, kl = loss_output.reconstruction_loss_sum, loss_output.kl_local_sum
+        # sums over the batch's cells; the last entry counts the cells
+        step = torch.stack(
+            [loss_output.loss.detach() * n, rec + kl, rec, kl, mmd * n, torch.full_like(rec, n)]
+        )
+        sums = self._sums[mode]
+        self._sums[mode] = step if sums is None else sums + step
+
+    def _log_epoch(self, mode: str) -> None:
+        sums, self._sums[mode] = self._sums[mode], None
+        if sums is None:
+            return
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        means = sums[:-1] / sums[-1]
+        for name, value in zip(_METRICS, means, strict=True):
+            key = f"{mode}_loss" if name == "loss" else f"{name}_{mode}"
+            self.log(key, value, on_step=False, on_epoch=True, prog_bar=key == "train_loss")
+
+    def on_train_epoch_end(self):
+        """Log the epoch's training means (and the KL weight reached)."""
+        if not self.on_step:
+            self._log_epoch("train")
+            if "kl_weight" in self.loss_kwargs:
+                self.log("kl_weight", self.loss_kwargs["kl_weight"], on_step=False, on_epoch=True)
+        super().on_train_epoch_end()
+
+    def on_validation_epoch_end(self):
+        """Log the epoch's validation means."""
+        if not self.on_step:
+            self._log_epoch("validation")
+        super().on_validation_epoch_end()

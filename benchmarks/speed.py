@@ -1,0 +1,306 @@
+"""Training speed of the default ``TRVAEModel`` and ``train()``: Kang folds, simulated shapes, load.
+
+    python benchmarks/speed.py              # writes benchmarks/results/speed.{csv,md}
+    python benchmarks/speed.py --quick      # 2 Kang folds, 1 seed, the small shapes, short load
+
+Three parts, each a section of the report:
+
+- **kang**: :func:`sctrvae.benchmark.leave_one_out` over the 7 cell types (default model and
+  ``train()``, calibrated readout), training seconds and epochs per fold, against mean shift.
+- **simulated**: :func:`sctrvae.datasets.simulate` at ≈1.5k × 1.3k, 5k × 300 and 20k × 2k. One
+  (cell type, stimulated) is held out; the score is the Pearson correlation of the predicted
+  log fold change (stimulated vs control, both decoded from the held-out type's control cells)
+  with the simulator's true one, over all genes. Default ``train()`` against a run of 3× its
+  optimiser steps (no early stopping).
+- **load**: seconds per training step on Kang, in a fresh process per setting (torch threads,
+  ``OMP_WAIT_POLICY``, ``train()``'s own choice), alone and with three competing CPU-bound
+  processes that this script starts and stops itself.
+
+Data: ``$SCTRVAE_KANG_PATH`` or ``../shared/data/kang_pbmc_ifnb_1975.h5ad`` beside the repository.
+Run on an otherwise idle machine: everything else running is competing load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
+SHAPES = {"1.5k x 1.3k": (1556, 1267), "5k x 300": (5000, 300), "20k x 2k": (20000, 2000)}
+#: (label, torch threads: "all" usable CPUs, 1, or None for train()'s default; torch imported
+#: before sctrvae, so that the package's OMP_WAIT_POLICY=PASSIVE comes too late for libgomp)
+LOAD_SETTINGS = [
+    ("all CPUs, libgomp's default wait policy", "all", True),
+    ("all CPUs, OMP_WAIT_POLICY=PASSIVE", "all", False),
+    ("1 thread", 1, False),
+    ("train() default (idle CPUs), PASSIVE", None, False),
+]
+BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+
+
+def kang_folds(path: Path, groups: list[str] | None) -> pd.DataFrame:
+    """Default model and train() on Kang leave-one-cell-type-out folds, calibrated readout."""
+    import anndata as ad
+
+    import sctrvae
+
+    adata = ad.read_h5ad(path)
+    df = sctrvae.benchmark.leave_one_out(
+        adata,
+        "condition",
+        "cell_type",
+        "control",
+        "stimulated",
+        groups=groups,
+        references=("mean_shift",),
+    )
+    shift = df[df.method == "mean_shift"].set_index("group")["pearson_delta_deg"]
+    cal = df[(df.method == "trvae") & (df.readout == "calibrated")].set_index("group")
+    return pd.DataFrame(
+        {
+            "part": "kang",
+            "case": cal.index,
+            "train_seconds": cal.train_seconds,
+            "epochs": cal.epochs,
+            "pearson_delta_deg": cal.pearson_delta_deg,
+            "r2_mean_deg": cal.r2_mean_deg,
+            "above_mean_shift": cal.pearson_delta_deg > shift.reindex(cal.index),
+        }
+    ).reset_index(drop=True)
+
+
+def _predicted_lfc(model, cells) -> np.ndarray:
+    """Log mean predicted proportions, stimulated minus control, from the same control cells."""
+    stim = model.predict(cells, target_condition="stimulated").layers["normalized"].mean(0)
+    ctrl = model.predict(cells, target_condition="control").layers["normalized"].mean(0)
+    return np.log(stim) - np.log(ctrl)
+
+
+def simulated_fit(shape: str, seed: int, longer: float = 3.0) -> list[dict]:
+    """Default ``train()`` and a run of ``longer`` × its steps on one held-out simulated type."""
+    import scvi
+
+    import sctrvae
+
+    n_cells, n_genes = SHAPES[shape]
+    adata = sctrvae.datasets.simulate(n_cells, n_genes, seed=seed)
+    truth = adata.uns["simulation"]["log_means"]
+    held = (adata.obs.cell_type == "type_0") & (adata.obs.condition == "stimulated")
+    cells = adata[(adata.obs.cell_type == "type_0") & (adata.obs.condition == "control")].copy()
+    train = adata[~held.to_numpy()].copy()
+    sctrvae.TRVAEModel.setup_anndata(train, condition_key="condition")
+    true_lfc = truth[0, 1] - truth[0, 0]
+    rows, steps = [], None
+    for run in ("default", f"{longer:g}x steps"):
+        scvi.settings.seed = seed
+        model = sctrvae.TRVAEModel(train)
+        kwargs = {"enable_progress_bar": False}
+        if steps is not None:
+            kwargs.update(early_stopping=False, max_epochs=10**6, max_steps=int(longer * steps))
+        start = time.perf_counter()
+        model.train(**kwargs)
+        seconds = time.perf_counter() - start
+        trainer = model.trainer
+        steps = trainer.global_step if steps is None else steps
+        rows.append(
+            {
+                "part": "simulated",
+                "case": shape,
+                "run": run,
+                "seed": seed,
+                "train_seconds": seconds,
+                "epochs": trainer.current_epoch,
+                "steps": trainer.global_step,
+                "pearson_lfc": float(np.corrcoef(_predicted_lfc(model, cells), true_lfc)[0, 1]),
+            }
+        )
+    return rows
+
+
+def child_step_time(threads: int | str | None, torch_first: bool, epochs: int, path: str) -> None:
+    """Run in a fresh process: print seconds per training step on Kang as JSON."""
+    if torch_first:
+        import torch  # libgomp loads before sctrvae can set OMP_WAIT_POLICY
+    import sctrvae  # noqa: I001  (otherwise first: lightning below imports torch)
+    import anndata as ad
+    import lightning.pytorch as pl
+    import scvi
+    import torch
+
+    if threads is not None:
+        # train() keeps a thread count chosen through scvi-tools' setting
+        scvi.settings.num_threads = (
+            sctrvae._threads.available_cpus() if threads == "all" else threads
+        )
+
+    class StepTimer(pl.Callback):
+        def __init__(self):
+            self.seconds = []
+
+        def on_train_batch_start(self, *args):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    adata = ad.read_h5ad(path)
+    sctrvae.TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = sctrvae.TRVAEModel(adata)
+    timer = StepTimer()
+    model.train(
+        max_epochs=epochs, early_stopping=False, callbacks=[timer], enable_progress_bar=False
+    )
+    print(
+        json.dumps(
+            {
+                "step_seconds": float(np.median(timer.seconds[3:])),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+def load_runs(path: Path, epochs: int, busy_seconds: int) -> pd.DataFrame:
+    """Seconds per step for each setting, alone and beside three busy processes."""
+    rows = []
+    for loaded in (False, True):
+        for label, threads, torch_first in LOAD_SETTINGS:
+            drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+            env = {k: v for k, v in os.environ.items() if k not in drop}
+            env["PYTHONPATH"] = str(ROOT / "src")
+            args = json.dumps([threads, torch_first, epochs, str(path)])
+            busy = []
+            if loaded:
+                code = BUSY.format(seconds=busy_seconds)
+                busy = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(3)]
+            load_before = os.getloadavg()[0]
+            try:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", args],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=busy_seconds if loaded else None,
+                )
+            finally:
+                for process in busy:
+                    process.kill()
+                    process.wait()
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "part": "load",
+                    "case": label,
+                    "run": "3 busy processes" if loaded else "alone",
+                    "threads": result["threads"],
+                    "step_ms": 1e3 * result["step_seconds"],
+                    "loadavg_before": load_before,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write_report(df: pd.DataFrame, out: Path, wall: float, quick: bool) -> None:
+    lines = [
+        "# Training speed of the default model and train()",
+        "",
+        f"Regenerate: `python benchmarks/speed.py{' --quick' if quick else ''}` "
+        "(see `benchmarks/README.md`, Speed).",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"CPUs usable: {len(os.sched_getaffinity(0))}; total wall time {wall / 60:.1f} min. "
+        "Figures are only as idle as the machine was (load averages in the load table).",
+        "",
+    ]
+    kang = df[df.part == "kang"]
+    if len(kang):
+        cols = ["case", "train_seconds", "epochs", "pearson_delta_deg", "r2_mean_deg"]
+        cols.append("above_mean_shift")
+        lines += [
+            "## Kang leave-one-cell-type-out, calibrated readout",
+            "",
+            kang[cols].round(3).to_markdown(index=False),
+            "",
+            f"Median training seconds per fold {kang.train_seconds.median():.1f} (target ≤ 20); "
+            f"mean Δ-Pearson DEG {kang.pearson_delta_deg.mean():.3f} (≥ 0.92); mean R² of DEG "
+            f"means {kang.r2_mean_deg.mean():.3f} (≥ 0.91); above mean shift in "
+            f"{int(kang.above_mean_shift.sum())} of {len(kang)} folds.",
+            "",
+        ]
+    sim = df[df.part == "simulated"]
+    if len(sim):
+        cols = ["train_seconds", "epochs", "steps", "pearson_lfc"]
+        table = sim.groupby(["case", "run"], sort=False)[cols].mean()
+        lines += [
+            "## Simulated shapes: default train() against 3× its optimiser steps",
+            "",
+            f"Means over seeds {sorted(int(s) for s in sim.seed.unique())}; `pearson_lfc`: "
+            "predicted vs true log fold change of the held-out type over all genes.",
+            "",
+            table.round(3).to_markdown(),
+            "",
+        ]
+    load = df[df.part == "load"]
+    if len(load):
+        table = load.pivot_table(index="case", columns="run", values="step_ms", sort=False)
+        table["slowdown"] = table["3 busy processes"] / table["alone"]
+        lines += [
+            "## Seconds per step beside three busy processes",
+            "",
+            "Median ms per training step on Kang (128 cells × 6998 genes), one fresh process per "
+            "setting; the busy processes are Python loops started and stopped by the script.",
+            "",
+            table.round(1).to_markdown(),
+            "",
+            f"Load averages before each run: {', '.join(f'{x:.1f}' for x in load.loadavg_before)}.",
+            "",
+        ]
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 folds, 1 seed, small shapes")
+    parser.add_argument("--parts", nargs="+", default=["kang", "simulated", "load"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="simulated shapes")
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_step_time(*json.loads(args.child))
+        return
+    path = args.data or Path(os.environ.get("SCTRVAE_KANG_PATH", DEFAULT_DATA))
+    start = time.perf_counter()
+    frames = []
+    if "kang" in args.parts:
+        frames.append(kang_folds(path, ["CD4T", "B"] if args.quick else None))
+    if "simulated" in args.parts:
+        shapes = args.shapes or (list(SHAPES)[:2] if args.quick else list(SHAPES))
+        seeds = range(1 if args.quick else args.seeds)
+        frames.append(
+            pd.DataFrame([r for s in shapes for seed in seeds for r in simulated_fit(s, seed)])
+        )
+    if "load" in args.parts:
+        frames.append(load_runs(path, epochs=2 if args.quick else 4, busy_seconds=600))
+    df = pd.concat(frames, ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out.with_suffix(".csv"), index=False)
+    write_report(df, args.out, time.perf_counter() - start, args.quick)
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

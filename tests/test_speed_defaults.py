@@ -1,0 +1,165 @@
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scvi
+import torch
+from scvi.train import TrainingPlan
+
+import sctrvae
+from sctrvae import TRVAEModel, _threads
+from sctrvae._model import (
+    KL_WARMUP_STEPS,
+    MAX_STEPS,
+    PATIENCE_STEPS,
+    _step_budget,
+    _steps_per_epoch,
+)
+from sctrvae._training_plan import TRVAETrainingPlan
+
+
+class PlainAdamPlan(TRVAETrainingPlan):
+    """The plan's epoch-level logging with scvi-tools' per-tensor Adam."""
+
+    _optimizer_creator_fn = TrainingPlan._optimizer_creator_fn
+
+
+class ScviLoggingPlan(TrainingPlan):
+    """scvi-tools' per-step logging (under no_grad, as before this plan logged per epoch)."""
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        with torch.no_grad():
+            TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+
+
+def _history(plan_cls, adata):
+    scvi.settings.seed = 0
+    model = TRVAEModel(adata, n_hidden=16, n_latent=3)
+    model._training_plan_cls = plan_cls
+    model.train(max_epochs=3, batch_size=64, early_stopping_patience=5, enable_progress_bar=False)
+    return {k: v.iloc[:, 0].to_numpy(dtype=float) for k, v in model.history.items()}
+
+
+def test_epoch_metrics_equal_scvi_tools_per_step_logging(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    ours, theirs = _history(PlainAdamPlan, sim), _history(ScviLoggingPlan, sim)
+    names = ["train_loss", "elbo_train", "reconstruction_loss_train", "kl_local_train"]
+    names += ["mmd_train", "validation_loss", "elbo_validation", "mmd_validation"]
+    for name in names:
+        assert ours[name].shape == (3,), name
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, err_msg=name)
+    # the module has no global KL: scvi-tools logs zeros, the plan leaves the key out
+    assert not theirs["kl_global_train"].any()
+    assert "kl_global_train" not in ours
+    # warm-up over the run's 27 steps; logged: the weight of each epoch's last step
+    np.testing.assert_allclose(ours["kl_weight"], np.array([8, 17, 26]) / 27, rtol=1e-6)
+
+
+def test_fused_adam_takes_the_plain_adam_step(trained):
+    model, _ = trained
+    plan = TRVAETrainingPlan(model.module, lr=3e-3)
+    fused = plan.configure_optimizers()["optimizer"]
+    assert fused.defaults["fused"] is True
+    start = {k: v.clone() for k, v in model.module.state_dict().items()}
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    grads = [torch.randn_like(p) for p in params]
+    results = []
+    for optimizer in (fused, torch.optim.Adam(params, lr=3e-3, eps=plan.eps, weight_decay=1e-6)):
+        model.module.load_state_dict(start)
+        for _ in range(3):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append([p.detach().clone() for p in params])
+    model.module.load_state_dict(start)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(results[0][0], start[next(iter(start))])
+
+
+def test_default_budget_is_in_optimiser_steps(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    model.train(batch_size=64, max_steps=12, enable_progress_bar=False)
+    steps_per_epoch = _steps_per_epoch(sim.n_obs, None, 64)
+    assert steps_per_epoch == math.ceil(math.ceil(0.9 * 600) / 64) == 9
+    trainer = model.trainer
+    assert trainer.max_epochs == math.ceil(12 / steps_per_epoch) == 2  # from the step budget
+    assert trainer.global_step == 12  # the step budget, not the epochs, ended the run
+    plan = trainer.lightning_module
+    assert plan.n_steps_kl_warmup == 12
+    assert plan.n_epochs_kl_warmup is None
+    stopping = trainer.early_stopping_callback
+    assert stopping.patience == math.ceil(PATIENCE_STEPS / steps_per_epoch)
+
+
+def test_default_budget_scales_with_the_data():
+    # small data: the step budget is many epochs; large data: one epoch, every cell seen once
+    kang, medium, large = (_steps_per_epoch(n, None, 128) for n in (1975, 20_000, 1_000_000))
+    assert (kang, medium, large) == (14, 141, 7032)
+    assert [_step_budget(s) for s in (kang, medium, large)] == [MAX_STEPS, MAX_STEPS, 7032]
+    assert math.ceil(_step_budget(medium) / medium) == 15
+    assert _steps_per_epoch(100, 1.0, 128) == 1
+
+
+def test_explicit_max_epochs_has_no_step_budget(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+    assert model.trainer.max_steps == -1
+    assert model.trainer.current_epoch == 2
+    plan = model.trainer.lightning_module
+    assert plan.n_steps_kl_warmup == min(KL_WARMUP_STEPS, 2 * 9)
+
+
+def test_user_kl_warmup_in_steps_is_kept(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    model.train(
+        max_epochs=1, batch_size=64, plan_kwargs={"n_steps_kl_warmup": 7}, enable_progress_bar=False
+    )
+    plan = model.trainer.lightning_module
+    assert plan.n_steps_kl_warmup == 7
+    assert plan.n_epochs_kl_warmup is None
+    assert model.history["kl_weight"].iloc[-1, 0] == 1.0  # reached after 7 of 9 steps
+
+
+def test_available_cpus_respects_a_cgroup_quota(tmp_path, monkeypatch):
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(_threads, "CGROUP_CPU_MAX", cpu_max)
+    assert _threads.available_cpus() == affinity  # no cgroup file
+    cpu_max.write_text("max 100000\n")
+    assert _threads.available_cpus() == affinity
+    cpu_max.write_text("50000 100000\n")  # half a CPU still gets one thread
+    assert _threads.available_cpus() == 1
+    cpu_max.write_text(f"{100000 * (affinity + 4)} 100000\n")
+    assert _threads.available_cpus() == affinity
+
+
+@pytest.mark.parametrize(("user", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_import_sets_omp_wait_policy_unless_the_user_did(user, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user is not None:
+        env["OMP_WAIT_POLICY"] = user
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(sctrvae.__path__[0]), *sys.path])
+    code = "import os, sctrvae; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("load", "running", "expected"),
+    [(0.2, 1, 4), (1.0, 1, 4), (2.4, 1, 3), (0.3, 3, 2), (3.9, 2, 1), (9.0, 1, 1)],
+)
+def test_training_threads_leave_busy_cores_alone(tmp_path, monkeypatch, load, running, expected):
+    monkeypatch.setattr(_threads, "available_cpus", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    proc = tmp_path / "loadavg"
+    proc.write_text(f"{load} {load} {load} {running}/300 12345\n")
+    monkeypatch.setattr(_threads, "PROC_LOADAVG", proc)
+    assert _threads.training_threads() == expected
