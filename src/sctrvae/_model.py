@@ -59,9 +59,9 @@ class TRVAEModel(VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClas
 kernel_bandwidths, kl_weight
         See :class:`~sctrvae.TRVAEModule`.
     mmd_mode
-        ``"global"``, ``"label"`` or ``"reweighted"`` (see :class:`~sctrvae.TRVAEModule`); the
-        last two need ``labels_key`` in :meth:`setup_anndata`. Default: ``"label"`` when labels
-        are registered, else ``"global"`` (see the user guide on the MMD for why).
+        ``"global"`` (default), ``"label"`` or ``"reweighted"`` (see
+        :class:`~sctrvae.TRVAEModule`); the last two need ``labels_key`` in
+        :meth:`setup_anndata`. The user guide page on the MMD says why the default is global.
     **module_kwargs
         Further keyword arguments of :class:`~sctrvae.TRVAEModule`.
 
@@ -89,13 +89,14 @@ kernel_bandwidths, kl_weight
         mmd_weight: float = 100.0,
         kernel_bandwidths: str | Sequence[float] = "auto",
         kl_weight: float = 1.0,
-        mmd_mode: MMDMode | None = None,
+        mmd_mode: MMDMode = "global",
         **module_kwargs,
     ):
         super().__init__(adata)
-        has_labels = REGISTRY_KEYS.LABELS_KEY in self.adata_manager.data_registry
-        mmd_mode = mmd_mode or ("label" if has_labels else "global")
-        if mmd_mode != "global" and not has_labels:
+        if (
+            mmd_mode != "global"
+            and REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry
+        ):
             raise ValueError(
                 f"mmd_mode={mmd_mode!r} compares cells of the same label: register them with "
                 "setup_anndata(..., labels_key=...), or use mmd_mode='global'."
@@ -176,10 +177,10 @@ kernel_bandwidths, kl_weight
         layer
             Layer with raw counts; ``None`` uses ``adata.X``.
         labels_key
-            Optional column of ``adata.obs`` with a cell label (e.g. the cell type). With it the
-            MMD compares conditions within each label (``mmd_mode="label"``, the default then)
-            or at equal label proportions (``"reweighted"``), and minibatches hold every
-            (label, condition) pair. Cells to predict must carry a known label too.
+            Optional column of ``adata.obs`` with a cell label (e.g. the cell type). It enables
+            the MMD within each label (``TRVAEModel(mmd_mode="label")``) or at equal label
+            proportions (``"reweighted"``), and makes minibatches hold every (label, condition)
+            pair. Cells passed to the model later must carry a known label too.
 
         Notes
         -----
