@@ -87,7 +87,7 @@ def mmd(
     codes = torch.cat(
         [x.new_zeros(x.shape[0], dtype=torch.long), x.new_ones(y.shape[0], dtype=torch.long)]
     )
-    return pairwise_condition_mmd(torch.cat([x, y]), codes, bandwidths)
+    return pairwise_condition_mmd(torch.cat([x, y]), codes, bandwidths, n_conditions=2)
 
 
 MMDMode = Literal["global", "label", "reweighted"]
