@@ -55,11 +55,14 @@ def resolve_bandwidths(
         if rows is None:
             rows = torch.ones(n, dtype=torch.bool, device=d2.device)
         pairs = rows[:, None] & rows[None, :] & ~torch.eye(n, dtype=torch.bool, device=d2.device)
-        # lower median of the selected entries: masked ones sort last, the index is a tensor
-        ordered = torch.where(pairs, d2.detach(), torch.inf).reshape(-1).sort().values
-        n_pairs = pairs.sum()
-        # gather, not ordered[tensor]: a 0-d index would be read back to the host
-        middle = ordered.gather(0, ((n_pairs - 1) // 2).clamp_min(0).reshape(1)).squeeze(0)
+        # lower median of the selected entries as the median of all n² entries: the others are
+        # set to -inf or +inf, as many below as make the middles coincide (fixed shape, no sort)
+        selected = pairs.reshape(-1)
+        n_pairs = selected.sum()
+        n_below = (selected.numel() - 1) // 2 - (n_pairs - 1) // 2
+        below = ~selected & (torch.cumsum(~selected, 0) <= n_below)
+        filler = torch.where(below, -torch.inf, torch.inf).to(d2.dtype)
+        middle = torch.where(selected, d2.detach().reshape(-1), filler).median()
         median = torch.where(n_pairs > 0, middle, d2.new_tensor(1.0))
         finfo = torch.finfo(d2.dtype)
         # sqrt(tiny) keeps 1 / (2σ) finite when every point is identical (all-zero y)
