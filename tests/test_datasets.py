@@ -65,3 +65,46 @@ def test_kang2018_on_the_shared_file(kang_path):
     adata = sctrvae.datasets.kang2018(kang_path)
     assert adata.shape == (1975, 6998)
     assert set(adata.obs["condition"]) == {"control", "stimulated"}
+
+
+def test_simulate_defaults_reproduce_the_previous_data_bit_for_bit():
+    # fingerprint of simulate(300, 40, 3 types, seed=4) before cell_type_proportions and
+    # group_effect existed; passing their defaults explicitly changes nothing either
+    import hashlib
+
+    for kwargs in ({}, {"cell_type_proportions": None, "group_effect": 1.0}):
+        adata = sctrvae.datasets.simulate(n_cells=300, n_genes=40, n_cell_types=3, seed=4, **kwargs)
+        digest = hashlib.sha256()
+        for array in (
+            adata.X.toarray(),
+            adata.obs["condition"].cat.codes.to_numpy(),
+            adata.obs["cell_type"].cat.codes.to_numpy(),
+            adata.uns["simulation"]["log_means"],
+        ):
+            digest.update(array.tobytes())
+        assert digest.hexdigest() == (
+            "a7afbfb1d25ad0bbce2c9f9202011eb84293d42906adf21df3501252fcbad0f0"
+        )
+
+
+def test_simulate_cell_type_proportions_per_condition():
+    proportions = [[1, 1, 1, 1], [4, 2, 2, 0]]
+    adata = sctrvae.datasets.simulate(n_cells=6000, n_genes=20, cell_type_proportions=proportions)
+    table = adata.obs.groupby(["condition", "cell_type"], observed=False).size().unstack()
+    observed = table.to_numpy() / table.to_numpy().sum(1, keepdims=True)
+    np.testing.assert_allclose(observed, [[0.25] * 4, [0.5, 0.25, 0.25, 0.0]], atol=0.03)
+    assert table.loc["stimulated", "type_3"] == 0
+    with pytest.raises(ValueError, match="cell_type_proportions"):
+        sctrvae.datasets.simulate(cell_type_proportions=[[1, 1, 1, 1]])
+
+
+def test_simulate_group_effect_scales_baseline_differences():
+    def spread(effect):
+        truth = sctrvae.datasets.simulate(
+            n_cells=10, n_genes=300, n_cell_types=5, seed=2, group_effect=effect
+        )
+        control = truth.uns["simulation"]["log_means"][:, 0]
+        return (control - control.mean(0)).std()
+
+    # 3x larger per-type deviations, up to the per-type normalisation of log_means
+    assert spread(3.0) / spread(1.0) == pytest.approx(3.0, rel=0.05)

@@ -125,3 +125,150 @@ def test_mmd_is_finite_bounded_and_permutation_invariant(y, random):
     random.shuffle(order)
     shuffled = pairwise_condition_mmd(torch.tensor(y)[order], codes[order]).item()
     assert shuffled == pytest.approx(value.item(), abs=1e-5)
+
+
+def reference_mmd(y, codes, bandwidths, min_cells=2):
+    """The mean pairwise MMD² written out: skip small conditions, pool the rest for σ."""
+    kept = [c for c in np.unique(codes) if (codes == c).sum() >= min_cells]
+    if len(kept) < 2:
+        return 0.0
+    if bandwidths == "auto":
+        pooled = y[np.isin(codes, kept)]
+        d2 = ((pooled[:, None] - pooled[None]) ** 2).sum(-1)
+        off_diagonal = np.sort(d2[~np.eye(len(pooled), dtype=bool)])
+        median = off_diagonal[(off_diagonal.size - 1) // 2]
+        floor = max(
+            np.finfo(np.float64).tiny ** 0.5, np.finfo(np.float64).eps * (pooled**2).sum(1).mean()
+        )
+        bandwidths = [max(median / 2, floor) * m for m in AUTO_BANDWIDTH_MULTIPLIERS]
+    return np.mean(
+        [
+            max(brute_force_mmd(y[codes == a], y[codes == b], bandwidths), 0.0)
+            for a, b in itertools.combinations(kept, 2)
+        ]
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 24),
+    st.integers(2, 5),
+    st.sampled_from(["auto", SIGMAS]),
+    st.randoms(use_true_random=False),
+)
+def test_mmd_with_fixed_shapes_equals_the_written_out_definition(n, n_conditions, bw, random):
+    # conditions with 0 or 1 cells occur often at these sizes
+    rng = np.random.default_rng(random.randrange(2**32))
+    y = rng.normal(0, rng.uniform(0.1, 10), (n, 3)) + rng.integers(0, 3, (n, 1))
+    codes = rng.integers(0, n_conditions, n)
+    got = pairwise_condition_mmd(
+        torch.tensor(y), torch.tensor(codes), bw, n_conditions=n_conditions
+    )
+    assert got.item() == pytest.approx(reference_mmd(y, codes, bw), rel=1e-9, abs=1e-12)
+
+
+def test_mmd_traces_without_graph_breaks():
+    # a host-device synchronisation (`int(tensor)`, `.item()`) or a data-dependent shape breaks
+    # the graph, which fullgraph=True turns into an error
+    y = torch.randn(12, 4)
+    codes = torch.tensor([0] * 5 + [1] * 6 + [2])
+    labels = torch.tensor([0, 1] * 6)
+    for mode in ("global", "label", "reweighted"):
+        compiled = torch.compile(pairwise_condition_mmd, backend="eager", fullgraph=True)
+        got = compiled(y, codes, n_conditions=3, labels=labels, n_labels=2, mode=mode)
+        expected = pairwise_condition_mmd(
+            y, codes, n_conditions=3, labels=labels, n_labels=2, mode=mode
+        )
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_label_mmd_averages_within_label_blocks_and_ignores_one_condition_labels():
+    rng = np.random.default_rng(5)
+    blocks = {
+        (lab, c): rng.normal(lab + c, 1.0, (4 + lab + c, 3)) for lab in (0, 1) for c in (0, 1)
+    }
+    only_one = rng.normal(20.0, 1.0, (7, 3))  # label 2: condition 0 only (a held-out group)
+    y = np.vstack([*blocks.values(), only_one])
+    labels = np.concatenate([np.full(len(v), k[0]) for k, v in blocks.items()] + [np.full(7, 2)])
+    codes = np.concatenate([np.full(len(v), k[1]) for k, v in blocks.items()] + [np.zeros(7, int)])
+    expected = np.mean(
+        [brute_force_mmd(blocks[(lab, 0)], blocks[(lab, 1)], SIGMAS) for lab in (0, 1)]
+    )
+    for bw in (SIGMAS, "auto"):
+        with_lone = pairwise_condition_mmd(
+            torch.tensor(y), torch.tensor(codes), bw, labels=torch.tensor(labels), mode="label"
+        ).item()
+        n = len(y) - 7
+        without = pairwise_condition_mmd(
+            torch.tensor(y[:n]),
+            torch.tensor(codes[:n]),
+            bw,
+            labels=torch.tensor(labels[:n]),
+            n_labels=3,
+            mode="label",
+        ).item()
+        assert with_lone == pytest.approx(without, rel=1e-12)
+        if bw == SIGMAS:
+            assert with_lone == pytest.approx(expected, rel=1e-10)
+    # the global MMD does see the lone label
+    global_with = pairwise_condition_mmd(torch.tensor(y), torch.tensor(codes), SIGMAS).item()
+    global_without = pairwise_condition_mmd(torch.tensor(y[:n]), torch.tensor(codes[:n]), SIGMAS)
+    assert abs(global_with - global_without.item()) > 1e-3
+
+
+def test_reweighting_equalises_label_proportions():
+    # the same cells per label in both conditions, in proportions 1:3 against 3:1
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(0, 1, (3, 3)), rng.normal(3, 1, (3, 3))
+    y = np.vstack([a, b, b, b, a, a, a, b])
+    labels = np.repeat([0, 1, 1, 1, 0, 0, 0, 1], 3)
+    codes = np.repeat([0, 0, 0, 0, 1, 1, 1, 1], 3)
+    args = (torch.tensor(y), torch.tensor(codes))
+    global_value = pairwise_condition_mmd(*args).item()
+    reweighted = pairwise_condition_mmd(*args, labels=torch.tensor(labels), mode="reweighted")
+    assert global_value > 0.05
+    assert reweighted.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reweighting_weights_labels_by_their_mean_proportion():
+    # written out for two conditions: label weights = mean of the two conditions' proportions
+    rng = np.random.default_rng(7)
+    sizes = {(0, 0): 2, (1, 0): 6, (0, 1): 5, (1, 1): 3, (2, 1): 4}  # label 2: condition 1 only
+    cells = {k: rng.normal(k[0] + 2 * k[1], 1.0, (n, 2)) for k, n in sizes.items()}
+    y = np.vstack(list(cells.values()))
+    labels = np.concatenate([np.full(n, k[0]) for k, n in sizes.items()])
+    codes = np.concatenate([np.full(n, k[1]) for k, n in sizes.items()])
+    proportion = {
+        lab: np.mean([sizes[(lab, c)] / (sizes[(0, c)] + sizes[(1, c)]) for c in (0, 1)])
+        for lab in (0, 1)
+    }
+    side = [np.vstack([cells[(lab, c)] for lab in (0, 1)]) for c in (0, 1)]
+    weight = [
+        np.concatenate(
+            [np.full(sizes[(lab, c)], proportion[lab] / sizes[(lab, c)]) for lab in (0, 1)]
+        )
+        for c in (0, 1)
+    ]
+
+    def kernel_mean(p, q, wp, wq):
+        d2 = ((p[:, None] - q[None]) ** 2).sum(-1)
+        k = np.mean([np.exp(-d2 / (2 * s)) for s in SIGMAS], axis=0)
+        return wp @ k @ wq
+
+    expected = (
+        kernel_mean(side[0], side[0], weight[0], weight[0])
+        + kernel_mean(side[1], side[1], weight[1], weight[1])
+        - 2 * kernel_mean(side[0], side[1], weight[0], weight[1])
+    )
+    got = pairwise_condition_mmd(
+        torch.tensor(y), torch.tensor(codes), SIGMAS, labels=torch.tensor(labels), mode="reweighted"
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_label_modes_need_labels_and_a_known_mode():
+    y, codes = torch.randn(6, 2), torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="label of every cell"):
+        pairwise_condition_mmd(y, codes, mode="label")
+    with pytest.raises(ValueError, match="mode must be"):
+        pairwise_condition_mmd(y, codes, mode="labels")

@@ -67,3 +67,19 @@ def test_invalid_arguments():
         ConditionBalancedSampler(np.array([]))
     with pytest.raises(ValueError, match="rank"):
         ConditionBalancedSampler(codes([5, 5]), num_replicas=2, rank=2)
+
+
+def test_labels_put_every_label_condition_pair_into_every_batch():
+    conditions = codes([300, 300])
+    labels = np.concatenate(
+        [np.repeat([0, 1, 2], [250, 40, 10]), np.repeat([0, 1, 2], [50, 200, 50])]
+    )
+    sampler = ConditionBalancedSampler(
+        conditions, batch_size=60, min_cells_per_condition=3, labels=labels
+    )
+    batches = list(sampler)
+    for batch in batches:
+        pairs = np.bincount(conditions[batch] * 3 + labels[batch], minlength=6)
+        assert (pairs >= 3).all()
+    # every cell is used, the rare pair (label 2, condition 0) resampled up to the floor
+    assert set(np.concatenate(batches)) == set(range(600))

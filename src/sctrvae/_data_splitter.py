@@ -83,9 +83,13 @@ class ConditionBalancedDataLoader(AnnDataLoader):
             # batches are already on the device: worker processes and pinning have no use
             kwargs.update(num_workers=0, persistent_workers=False, pin_memory=False)
         codes = adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).reshape(-1)[indices]
+        labels = None
+        if REGISTRY_KEYS.LABELS_KEY in adata_manager.data_registry:
+            labels = adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).reshape(-1)[indices]
         sampler = ConditionBalancedSampler(
             codes,
             batch_size=batch_size,
+            labels=labels,
             shuffle=shuffle,
             drop_last=drop_last,
             min_cells_per_condition=min_cells_per_condition,

@@ -39,6 +39,11 @@ class DeviceResidentData:
         codes = adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
         self.codes = torch.as_tensor(np.asarray(codes, dtype=np.int64).reshape(-1, 1))
         self.codes = self.codes.to(self.device)
+        self.labels = None  # label codes, when registered (read by the label-aware MMD)
+        if REGISTRY_KEYS.LABELS_KEY in adata_manager.data_registry:
+            labels = adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+            self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1, 1))
+            self.labels = self.labels.to(self.device)
         self.host = None
         if sp.issparse(matrix):
             matrix = sp.csr_matrix(matrix)  # no copy for CSR input
@@ -105,7 +110,10 @@ class DeviceResidentDataset(Dataset):
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         rows = self.indices[torch.as_tensor(positions, device=self.data.device)]
-        return {
+        tensors = {
             REGISTRY_KEYS.X_KEY: self.data.rows(rows),
             REGISTRY_KEYS.BATCH_KEY: self.data.codes[rows],
         }
+        if self.data.labels is not None:
+            tensors[REGISTRY_KEYS.LABELS_KEY] = self.data.labels[rows]
+        return tensors

@@ -7,6 +7,7 @@ empirical mean embeddings, hence never negative, unlike the unbiased U-statistic
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -26,7 +27,10 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_bandwidths(
-    d2: torch.Tensor, bandwidths: str | Sequence[float], norms: torch.Tensor | None = None
+    d2: torch.Tensor,
+    bandwidths: str | Sequence[float],
+    norms: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Kernel bandwidths σ for ``k(a, b) = exp(-‖a - b‖² / (2σ))``.
 
@@ -38,6 +42,9 @@ def resolve_bandwidths(
     representation that has (nearly) collapsed has a median of zero, and smaller squared distances
     are rounding noise of :func:`squared_distances` anyway; without the floor the bandwidth would
     shrink to the smallest float and the gradients explode. The floor is scale-invariant too.
+
+    ``rows`` (boolean, optional) restricts the pooled sample to those points, by masking rather
+    than indexing, so the shapes do not depend on the data (no host-device synchronisation).
     """
     if isinstance(bandwidths, str):
         if bandwidths != "auto":
@@ -45,13 +52,24 @@ def resolve_bandwidths(
                 f"bandwidths must be 'auto' or a sequence of floats, got {bandwidths!r}."
             )
         n = d2.shape[0]
-        off_diagonal = d2.detach()[~torch.eye(n, dtype=torch.bool, device=d2.device)]
-        median = off_diagonal.median() if off_diagonal.numel() > 0 else d2.new_tensor(1.0)
+        if rows is None:
+            rows = torch.ones(n, dtype=torch.bool, device=d2.device)
+        pairs = rows[:, None] & rows[None, :] & ~torch.eye(n, dtype=torch.bool, device=d2.device)
+        # lower median of the selected entries as the median of all n² entries: the others are
+        # set to -inf or +inf, as many below as make the middles coincide (fixed shape, no sort)
+        selected = pairs.reshape(-1)
+        n_pairs = selected.sum()
+        n_below = (selected.numel() - 1) // 2 - (n_pairs - 1) // 2
+        below = ~selected & (torch.cumsum(~selected, 0) <= n_below)
+        filler = torch.where(below, -torch.inf, torch.inf).to(d2.dtype)
+        middle = torch.where(selected, d2.detach().reshape(-1), filler).median()
+        median = torch.where(n_pairs > 0, middle, d2.new_tensor(1.0))
         finfo = torch.finfo(d2.dtype)
         # sqrt(tiny) keeps 1 / (2σ) finite when every point is identical (all-zero y)
         floor = d2.new_tensor(finfo.tiny**0.5)
-        if norms is not None and norms.numel() > 0:
-            floor = torch.maximum(floor, finfo.eps * norms.detach().mean())
+        if norms is not None:
+            mean_norm = (norms.detach() * rows).sum() / rows.sum().clamp_min(1)
+            floor = torch.maximum(floor, finfo.eps * mean_norm)
         scale = torch.maximum(median / 2, floor)
         return scale * d2.new_tensor(AUTO_BANDWIDTH_MULTIPLIERS)
     sigma = torch.as_tensor(list(bandwidths), dtype=d2.dtype, device=d2.device)
@@ -72,7 +90,10 @@ def mmd(
     codes = torch.cat(
         [x.new_zeros(x.shape[0], dtype=torch.long), x.new_ones(y.shape[0], dtype=torch.long)]
     )
-    return pairwise_condition_mmd(torch.cat([x, y]), codes, bandwidths)
+    return pairwise_condition_mmd(torch.cat([x, y]), codes, bandwidths, n_conditions=2)
+
+
+MMDMode = Literal["global", "label", "reweighted"]
 
 
 def pairwise_condition_mmd(
@@ -80,8 +101,26 @@ def pairwise_condition_mmd(
     condition: torch.Tensor,
     bandwidths: str | Sequence[float] = "auto",
     min_cells: int = 2,
+    n_conditions: int | None = None,
+    labels: torch.Tensor | None = None,
+    n_labels: int | None = None,
+    mode: MMDMode = "global",
 ) -> torch.Tensor:
-    """Mean biased MMD² over all pairs of conditions present in a minibatch.
+    """Mean biased MMD² over pairs of conditions (or of label-matched blocks) in a minibatch.
+
+    ``mode`` says what is compared:
+
+    - ``"global"``: all cells of condition ``i`` against all cells of condition ``j``, for every
+      pair of conditions with at least ``min_cells`` cells each.
+    - ``"label"``: within each label (cell type), its cells in condition ``i`` against its cells
+      in condition ``j``, for every (label, condition pair) block with ``min_cells`` cells on
+      both sides; a label present in one condition only never enters the penalty.
+    - ``"reweighted"``: condition ``i`` against condition ``j`` with cells weighted so that both
+      have the same label proportions (the mean of the two conditions' proportions), over the
+      labels with ``min_cells`` cells in both; other labels get zero weight.
+
+    The value is the mean over the compared pairs (blocks). Everything is computed with masks
+    and weights of fixed shape, so no step waits for the device (no data-dependent shapes).
 
     Parameters
     ----------
@@ -90,29 +129,81 @@ def pairwise_condition_mmd(
     condition
         Integer condition codes of shape ``(n_cells,)`` or ``(n_cells, 1)``.
     bandwidths
-        ``"auto"`` (median heuristic, see :func:`resolve_bandwidths`) or fixed σ values.
+        ``"auto"`` (median heuristic over the cells that take part, see
+        :func:`resolve_bandwidths`) or fixed σ values.
     min_cells
-        Conditions with fewer cells than this in the minibatch are skipped: one cell gives no
+        Groups with fewer cells than this in the minibatch get zero weight: one cell gives no
         estimate of a distribution and would add noise (or NaN from empty means).
+    n_conditions, n_labels
+        Number of condition (label) codes; default: the largest code plus one, which reads it
+        from the device once. Modules pass them.
+    labels
+        Integer label codes like ``condition``; needed by ``"label"`` and ``"reweighted"``.
+    mode
+        ``"global"``, ``"label"`` or ``"reweighted"``.
 
     Returns
     -------
-    A 0-d tensor; zero when fewer than two conditions have ``min_cells`` cells.
+    A 0-d tensor; zero when no pair (block) has ``min_cells`` cells on both sides.
     """
+    if mode not in ("global", "label", "reweighted"):
+        raise ValueError(f"mode must be 'global', 'label' or 'reweighted', got {mode!r}.")
     condition = condition.reshape(-1).long()
-    present, inverse, counts = torch.unique(condition, return_inverse=True, return_counts=True)
-    keep = counts >= min_cells
-    if int(keep.sum()) < 2:
-        return y.new_zeros(())
-    one_hot = torch.nn.functional.one_hot(inverse, num_classes=present.numel()).to(y.dtype)[:, keep]
-    rows = one_hot.sum(1) > 0
-    y, one_hot, counts = y[rows], one_hot[rows], counts[keep].to(y.dtype)
+    n_conditions = n_conditions or int(condition.max()) + 1
+    one_hot = torch.nn.functional.one_hot(condition, n_conditions).to(y.dtype)
+    i, j = torch.triu_indices(n_conditions, n_conditions, offset=1, device=y.device)
+    if mode == "global":
+        counts = one_hot.sum(0)
+        valid = (counts[i] >= min_cells) & (counts[j] >= min_cells)
+        return _block_mmd(y, one_hot, i, j, valid, bandwidths)
+    if labels is None:
+        raise ValueError(f"mode={mode!r} needs the label of every cell.")
+    labels = labels.reshape(-1).long()
+    n_labels = n_labels or int(labels.max()) + 1
+    # (cells, labels, conditions) membership and its counts
+    label_hot = torch.nn.functional.one_hot(labels, n_labels).to(y.dtype)
+    member = label_hot[:, :, None] * one_hot[:, None]
+    counts = member.sum(0)
+    shared = (counts[:, i] >= min_cells) & (counts[:, j] >= min_cells)  # (labels, pairs)
+    if mode == "label":
+        blocks = torch.arange(n_labels, device=y.device)[:, None] * n_conditions
+        a, b = (blocks + i).reshape(-1), (blocks + j).reshape(-1)
+        return _block_mmd(y, member.reshape(len(y), -1), a, b, shared.reshape(-1), bandwidths)
+    # per pair, both sides weighted to the mean of their label proportions over shared labels
+    shared = shared.to(y.dtype)
+    side_counts = torch.stack([counts[:, i], counts[:, j]], -1) * shared[..., None]
+    proportions = side_counts / side_counts.sum(0).clamp_min(1)
+    per_cell = proportions.mean(-1, keepdim=True) / side_counts.clamp_min(1)  # (labels, pairs, 2)
+    sides = torch.stack([i, j], -1)  # (pairs, 2)
+    weights = torch.einsum("nl,lps,nps->nps", label_hot, per_cell, one_hot[:, sides])
+    n_pairs = i.numel()
+    a = torch.arange(n_pairs, device=y.device) * 2
+    return _block_mmd(y, weights.reshape(len(y), -1), a, a + 1, shared.sum(0) > 0, bandwidths)
+
+
+def _block_mmd(
+    y: torch.Tensor,
+    mass: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    valid: torch.Tensor,
+    bandwidths: str | Sequence[float],
+) -> torch.Tensor:
+    """Mean over the ``valid`` pairs of MMD² between weighted columns ``a`` and ``b`` of ``mass``.
+
+    ``mass`` (cells, groups) holds non-negative weights of each cell in each group; group means
+    of the kernel are ``mass.T @ K @ mass`` over the products of the group totals.
+    """
+    used = torch.zeros(mass.shape[1], dtype=y.dtype, device=y.device)
+    used = used.index_add(0, a, valid.to(y.dtype)).index_add(0, b, valid.to(y.dtype)) > 0
+    rows = (mass * used).sum(1) > 0
     d2 = squared_distances(y, y)
-    sigma = resolve_bandwidths(d2, bandwidths, norms=y.pow(2).sum(-1))
+    sigma = resolve_bandwidths(d2, bandwidths, norms=y.pow(2).sum(-1), rows=rows)
     kernel = multiscale_rbf_kernel(d2, sigma)
-    # block means of the kernel matrix: means[i, j] = mean of k(a, b), a in condition i, b in j
-    means = (one_hot.T @ kernel @ one_hot) / (counts[:, None] * counts[None, :])
+    totals = mass.sum(0)
+    totals = torch.where(totals > 0, totals, 1.0)  # empty groups: zero means, not 0 / 0
+    # block means of the kernel matrix: means[g, h] = mean of k(u, v), u in group g, v in h
+    means = (mass.T @ kernel @ mass) / (totals[:, None] * totals[None, :])
     within = torch.diagonal(means)
-    pair_mmd = within[:, None] + within[None, :] - 2 * means
-    i, j = torch.triu_indices(counts.numel(), counts.numel(), offset=1, device=y.device)
-    return pair_mmd[i, j].clamp_min(0.0).mean()
+    pair_mmd = (within[a] + within[b] - 2 * means[a, b]).clamp_min(0.0)
+    return torch.where(valid, pair_mmd, 0.0).sum() / valid.sum().clamp_min(1)

@@ -35,6 +35,7 @@ from ._calibration import calibrate_draws
 from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._data_splitter import ConditionBalancedDataSplitter, has_validation_cells
 from ._differential import differential_response
+from ._mmd import MMDMode
 from ._module import Dispersion, Likelihood, TRVAEModule
 from ._threads import training_threads
 from ._training_plan import TRVAETrainingPlan
@@ -89,6 +90,10 @@ class TRVAEModel(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, 
     n_hidden, n_latent, n_layers, dropout_rate, likelihood, dispersion, mmd_weight, \
 kernel_bandwidths, kl_weight
         See :class:`~sctrvae.TRVAEModule`.
+    mmd_mode
+        ``"global"`` (default), ``"label"`` or ``"reweighted"`` (see
+        :class:`~sctrvae.TRVAEModule`); the last two need ``labels_key`` in
+        :meth:`setup_anndata`. The user guide page on the MMD says why the default is global.
     **module_kwargs
         Further keyword arguments of :class:`~sctrvae.TRVAEModule`.
 
@@ -117,9 +122,18 @@ kernel_bandwidths, kl_weight
         mmd_weight: float = 100.0,
         kernel_bandwidths: str | Sequence[float] = "auto",
         kl_weight: float = 1.0,
+        mmd_mode: MMDMode = "global",
         **module_kwargs,
     ):
         super().__init__(adata, registry)
+        if (
+            mmd_mode != "global"
+            and REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry
+        ):
+            raise ValueError(
+                f"mmd_mode={mmd_mode!r} compares cells of the same label: register them with "
+                "setup_anndata(..., labels_key=...), or use mmd_mode='global'."
+            )
         n_conditions = self.summary_stats.n_batch
         if n_conditions < 2 and mmd_weight > 0:
             raise ValueError(
@@ -142,12 +156,14 @@ kernel_bandwidths, kl_weight
             mmd_weight=mmd_weight,
             kernel_bandwidths=kernel_bandwidths,
             kl_weight=kl_weight,
+            mmd_mode=mmd_mode,
+            n_labels=self.summary_stats.get("n_labels", 0),
             **module_kwargs,
         )
         self._model_summary_string = (
             f"TRVAEModel: {n_conditions} conditions, n_latent={n_latent}, n_hidden={n_hidden}, "
             f"n_layers={n_layers}, likelihood={likelihood}, dispersion={dispersion}, "
-            f"mmd_weight={mmd_weight}, kernel_bandwidths={kernel_bandwidths}."
+            f"mmd_weight={mmd_weight}, mmd_mode={mmd_mode}, kernel_bandwidths={kernel_bandwidths}."
         )
         # saved with the model (scvi-tools saves attributes ending in "_"); load restores it
         self.sctrvae_version_ = __version__
@@ -212,6 +228,7 @@ kernel_bandwidths, kl_weight
         adata: ad.AnnData,
         condition_key: str,
         layer: str | None = None,
+        labels_key: str | None = None,
         **kwargs,
     ) -> None:
         """%(summary)s.
@@ -224,6 +241,11 @@ kernel_bandwidths, kl_weight
             categories.
         layer
             Layer with raw counts; ``None`` uses ``adata.X``.
+        labels_key
+            Optional column of ``adata.obs`` with a cell label (e.g. the cell type). It enables
+            the MMD within each label (``TRVAEModel(mmd_mode="label")``) or at equal label
+            proportions (``"reweighted"``), and makes minibatches hold every (label, condition)
+            pair. Cells passed to the model later must carry a known label too.
 
         Notes
         -----
@@ -246,11 +268,20 @@ kernel_bandwidths, kl_weight
         if source_registry is not None:  # load() or a model loaded without data
             check_var_names(adata.var_names, _registry_var_names(source_registry))
         check_condition_column(adata.obs, condition_key)
+        if labels_key is not None and (
+            labels_key not in adata.obs or adata.obs[labels_key].isna().any()
+        ):
+            raise KeyError(
+                f"labels_key {labels_key!r} must be a column of adata.obs with a label for "
+                "every cell (drop or label the cells with missing values)."
+            )
         check_finite(adata.X if layer is None else adata.layers[layer], _matrix_name(layer))
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, condition_key),
         ]
+        if labels_key is not None:  # registered only when given: the default MMD depends on it
+            anndata_fields.append(CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key))
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)

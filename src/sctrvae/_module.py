@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ._distributions import SparseNegativeBinomial
-from ._mmd import pairwise_condition_mmd
+from ._mmd import MMDMode, pairwise_condition_mmd
 
 Likelihood = Literal["nb", "zinb", "normal"]
 Dispersion = Literal["gene", "gene-condition"]
@@ -53,6 +53,13 @@ class TRVAEModule(BaseModuleClass):
         Weight of the mean pairwise MMD² on ``y``; ``0`` gives a plain conditional VAE.
     kernel_bandwidths
         ``"auto"`` (median heuristic, scale-free) or fixed σ values of the multi-scale RBF kernel.
+    mmd_mode
+        What the MMD compares (see :func:`~sctrvae.pairwise_condition_mmd`): ``"global"`` (all
+        cells of one condition against all of another), ``"label"`` (within each label present
+        in both conditions of the minibatch) or ``"reweighted"`` (conditions weighted to equal
+        label proportions). The last two read the labels (``REGISTRY_KEYS.LABELS_KEY``).
+    n_labels
+        Number of label categories (needed by the label-aware modes).
     kl_weight
         β of the KL term, multiplied by the training plan's warm-up factor.
     use_batch_norm, use_layer_norm
@@ -71,6 +78,8 @@ class TRVAEModule(BaseModuleClass):
         dispersion: Dispersion = "gene",
         mmd_weight: float = 100.0,
         kernel_bandwidths: str | Sequence[float] = "auto",
+        mmd_mode: MMDMode = "global",
+        n_labels: int = 0,
         kl_weight: float = 1.0,
         use_batch_norm: bool = False,
         use_layer_norm: bool = True,
@@ -82,6 +91,12 @@ class TRVAEModule(BaseModuleClass):
             raise ValueError(f"dispersion must be 'gene' or 'gene-condition', got {dispersion!r}.")
         if n_layers < 1:
             raise ValueError("n_layers must be at least 1.")
+        if mmd_mode not in ("global", "label", "reweighted"):
+            raise ValueError(
+                f"mmd_mode must be 'global', 'label' or 'reweighted', got {mmd_mode!r}."
+            )
+        if mmd_mode != "global" and n_labels < 1:
+            raise ValueError(f"mmd_mode={mmd_mode!r} needs labels (n_labels >= 1).")
         self.n_input = n_input
         self.n_conditions = n_conditions
         self.n_latent = n_latent
@@ -89,6 +104,8 @@ class TRVAEModule(BaseModuleClass):
         self.dispersion = dispersion
         self.mmd_weight = mmd_weight
         self.kernel_bandwidths = kernel_bandwidths
+        self.mmd_mode = mmd_mode
+        self.n_labels = n_labels
         self.kl_weight = kl_weight
         norm = {"use_batch_norm": use_batch_norm, "use_layer_norm": use_layer_norm}
 
@@ -217,7 +234,15 @@ class TRVAEModule(BaseModuleClass):
         reconstruction = -generative_outputs["px"].log_prob(x).sum(-1)
         qz = inference_outputs["qz"]
         kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
-        mmd = pairwise_condition_mmd(generative_outputs["y"], condition, self.kernel_bandwidths)
+        mmd = pairwise_condition_mmd(
+            generative_outputs["y"],
+            condition,
+            self.kernel_bandwidths,
+            n_conditions=self.n_conditions,
+            labels=tensors.get(REGISTRY_KEYS.LABELS_KEY) if self.mmd_mode != "global" else None,
+            n_labels=self.n_labels or None,
+            mode=self.mmd_mode,
+        )
         elbo_terms = reconstruction + kl_weight * self.kl_weight * kl
         loss = elbo_terms.mean() + self.mmd_weight * mmd
         return LossOutput(

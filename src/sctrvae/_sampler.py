@@ -15,7 +15,8 @@ class ConditionBalancedSampler(Sampler[list[int]]):
     Each condition's cells are shuffled and dealt out evenly over the epoch's batches, so a batch
     mirrors the data's condition mix and no condition is ever missing (which would silently zero
     its MMD terms). A condition too small to give every batch ``min_cells_per_condition`` cells is
-    resampled with replacement up to that floor.
+    resampled with replacement up to that floor. With ``labels``, the strata are the
+    (label, condition) pairs instead, so that the label-aware MMD finds every pair in every batch.
 
     Under DDP each rank takes a disjoint, interleaved slice of every condition, and all ranks
     yield the same number of batches (required for the collective all-reduce to line up).
@@ -36,11 +37,13 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         Round the number of batches down instead of up; every cell is still used each epoch,
         in fewer, slightly larger batches.
     min_cells_per_condition
-        Floor of cells per condition per batch (at most ``batch_size // n_conditions``).
+        Floor of cells per stratum per batch (at most ``batch_size // n_strata``).
     num_replicas, rank
         DDP world size and rank; read from :mod:`torch.distributed` when it is initialised.
     seed
         Base seed; every rank must use the same one so that the slices are disjoint.
+    labels
+        Optional integer label code of each position; stratify by (label, condition) pairs.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
+        labels: np.ndarray | None = None,
     ):
         conditions = np.asarray(conditions).reshape(-1)
         if conditions.size == 0:
@@ -68,6 +72,9 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1)
+            conditions = conditions * (labels.max() + 1) + labels
         codes = np.unique(conditions)
         self.groups = [np.flatnonzero(conditions == c) for c in codes]
         self.floor = max(1, min(min_cells_per_condition, batch_size // len(codes)))

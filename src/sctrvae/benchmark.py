@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -13,7 +13,8 @@ import pandas as pd
 import scvi
 
 from ._model import TRVAEModel
-from .metrics import log_normalized, score_log_expression, top_degs
+from .metrics import condition_mixing, log_normalized, score_log_expression, top_degs
+from .metrics._prediction import _pearson
 
 #: Reference rows :func:`leave_one_out` can add to each fold.
 REFERENCES = ("ceiling", "identity", "mean_shift", "cvae")
@@ -60,14 +61,17 @@ def _model_rows(
     train: ad.AnnData,
     source: ad.AnnData,
     condition_key: str,
+    group_key: str,
     target: str,
     scores_of,
     model_kwargs: dict,
     train_kwargs: dict,
     n_samples: int,
 ) -> list[dict]:
+    model_kwargs = dict(model_kwargs)
+    labels_key = model_kwargs.pop("labels_key", None)
     with PeakRSS() as memory:
-        TRVAEModel.setup_anndata(train, condition_key=condition_key)
+        TRVAEModel.setup_anndata(train, condition_key=condition_key, labels_key=labels_key)
         model = TRVAEModel(train, **model_kwargs)
         start = time.perf_counter()
         model.train(**{"enable_progress_bar": False, **train_kwargs})
@@ -76,7 +80,17 @@ def _model_rows(
         drawn = model.predict(
             source, target_condition=target, readout="calibrated", n_samples=n_samples
         )
+    # alignment of the training cells' conditions within each group, where the MMD acts (y)
+    mixing = {
+        f"mixing_{rep}": condition_mixing(
+            model.get_latent_representation(representation=rep),
+            train.obs[condition_key].to_numpy(),
+            train.obs[group_key].to_numpy(),
+        )
+        for rep in ("y", "z")
+    }
     extra = {
+        **mixing,
         "train_seconds": seconds,
         "epochs": len(model.history["elbo_train"]),
         "peak_rss_mb": memory.peak_mb,
@@ -108,6 +122,8 @@ def leave_one_out(
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     references: Sequence[str] = REFERENCES,
+    methods: Mapping[str, Mapping] | None = None,
+    truth: Mapping[str, np.ndarray] | None = None,
     n_degs: int = 100,
     n_samples: int = 10,
     seed: int = 0,
@@ -136,6 +152,15 @@ def leave_one_out(
         half), ``"identity"`` (the source cells unchanged), ``"mean_shift"`` (source cells plus
         the average change of the other groups, in log space) and ``"cvae"`` (the same model
         with ``mmd_weight=0``).
+    methods
+        Model variants, each a name and its overrides of ``model_kwargs`` (a ``"labels_key"``
+        entry is passed to ``setup_anndata`` instead), e.g.
+        ``{"label": {"labels_key": "cell_type", "mmd_mode": "label"}}``; default
+        ``{"trvae": {}}``.
+    truth
+        Optional true change of each group's genes (e.g. a simulator's log-fold change, NaN for
+        genes not to score): adds ``pearson_delta_true``, the Pearson r of the predicted change
+        of the mean log-normalised expression with it.
     n_degs
         Number of DEGs for the ``*_deg`` scores.
     n_samples
@@ -149,13 +174,18 @@ def leave_one_out(
     One row per (group, method, readout): ``readout`` is ``"mean"`` (predicted proportions,
     deterministic), ``"sampled"`` (NB draws normalised like real cells), ``"calibrated"`` (the
     same draws with ``predict(readout="calibrated")``'s correction) or ``"cells"`` (the references
-    built from real cells); the six scores, and for models ``train_seconds``,
-    ``epochs`` and ``peak_rss_mb``.
+    built from real cells); the six scores, and for models the condition mixing of the training
+    cells within groups in ``y`` and ``z`` (``mixing_y``, ``mixing_z``, see
+    :func:`~sctrvae.metrics.condition_mixing`), ``train_seconds``, ``epochs`` and
+    ``peak_rss_mb``.
     """
     unknown = set(references) - set(REFERENCES)
     if unknown:
         raise ValueError(f"Unknown references {sorted(unknown)}; choose from {REFERENCES}.")
     model_kwargs, train_kwargs = dict(model_kwargs or {}), dict(train_kwargs or {})
+    variants = dict(methods or {"trvae": {}})
+    if "cvae" in references:
+        variants["cvae"] = {"mmd_weight": 0.0}
     cond = adata.obs[condition_key].astype(str).to_numpy()
     group = adata.obs[group_key].astype(str).to_numpy()
     if groups is None:
@@ -178,42 +208,35 @@ def leave_one_out(
         real_lognorm, source_lognorm = lognorm[is_target], lognorm[is_source]
 
         def scores_of(
-            pred, real_lognorm=real_lognorm, source_lognorm=source_lognorm, deg_mask=deg_mask
+            pred, real=real_lognorm, source_lognorm=source_lognorm, deg_mask=deg_mask, g=g
         ):
-            return score_log_expression(pred, real_lognorm, source_lognorm, deg_mask)
+            scores = score_log_expression(pred, real, source_lognorm, deg_mask)
+            if truth is not None:
+                known = np.isfinite(truth[g])
+                change = (pred.mean(0) - source_lognorm.mean(0))[known]
+                scores["pearson_delta_true"] = _pearson(change, truth[g][known])
+            return scores
 
         fold = []
-        for method in ("trvae", "cvae"):
-            if method == "cvae" and "cvae" not in references:
-                continue
-            kwargs = {**model_kwargs, "mmd_weight": 0.0} if method == "cvae" else model_kwargs
+        for method, overrides in variants.items():
             scvi.settings.seed = seed
             fold += _model_rows(
                 method,
                 adata[~is_target].copy(),
                 source_cells,
                 condition_key,
+                group_key,
                 target,
                 scores_of,
-                kwargs,
+                {**model_kwargs, **overrides},
                 train_kwargs,
                 n_samples,
             )
         if "ceiling" in references:
             order = np.random.default_rng(seed).permutation(real_lognorm.shape[0])
             half = order.size // 2
-            fold.append(
-                {
-                    "method": "ceiling",
-                    "readout": "cells",
-                    **score_log_expression(
-                        real_lognorm[order[:half]],
-                        real_lognorm[order[half:]],
-                        source_lognorm,
-                        deg_mask,
-                    ),
-                }
-            )
+            ceiling = scores_of(real_lognorm[order[:half]], real_lognorm[order[half:]])
+            fold.append({"method": "ceiling", "readout": "cells", **ceiling})
         if "identity" in references:
             fold.append({"method": "identity", "readout": "cells", **scores_of(source_lognorm)})
         if "mean_shift" in references:

@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 
 def simulate(
@@ -21,6 +22,8 @@ def simulate(
     dispersion: float = 5.0,
     chunk_size: int = 100_000,
     seed: int = 0,
+    cell_type_proportions: ArrayLike | None = None,
+    group_effect: float = 1.0,
 ) -> ad.AnnData:
     """Simulate raw counts of cell types under several conditions.
 
@@ -47,6 +50,13 @@ def simulate(
         Inverse dispersion θ of the negative binomial.
     seed
         Seed of the generator; the same seed gives the same data.
+    cell_type_proportions
+        Optional ``(n_conditions, n_cell_types)`` proportions of the cell types within each
+        condition (rows are normalised), for conditions that differ in composition. Default:
+        uniform in every condition.
+    group_effect
+        Scale of the cell types' own baseline deviations (``1``: as before); larger values give
+        strongly different groups, e.g. patients.
 
     Returns
     -------
@@ -61,7 +71,8 @@ def simulate(
         raise ValueError("n_cells, n_genes and n_cell_types must be positive (n_genes >= 2).")
     rng = np.random.default_rng(seed)
     n_conditions = len(conditions)
-    baseline = rng.normal(0.0, 1.0, (n_cell_types, n_genes)) + rng.normal(0.0, 1.5, n_genes)
+    baseline = group_effect * rng.normal(0.0, 1.0, (n_cell_types, n_genes))
+    baseline += rng.normal(0.0, 1.5, n_genes)
     state_loadings = rng.normal(0.0, 0.3, (n_cell_types, n_cell_states, n_genes))
 
     response = np.zeros((n_cell_types, n_conditions, n_genes))
@@ -83,6 +94,16 @@ def simulate(
 
     cell_type = rng.integers(0, n_cell_types, n_cells)
     condition = rng.integers(0, n_conditions, n_cells)
+    if cell_type_proportions is not None:
+        proportions = np.asarray(cell_type_proportions, dtype=float)
+        if proportions.shape != (n_conditions, n_cell_types) or (proportions < 0).any():
+            raise ValueError(
+                "cell_type_proportions must be non-negative, of shape (n_conditions, "
+                f"n_cell_types) = {(n_conditions, n_cell_types)}; got {proportions.shape}."
+            )
+        cumulative = np.cumsum(proportions / proportions.sum(1, keepdims=True), 1)
+        cell_type = (rng.random(n_cells)[:, None] > cumulative[condition]).sum(1)
+        cell_type = np.minimum(cell_type, n_cell_types - 1)  # rounding of the last cumsum
     blocks = []
     for start in range(0, n_cells, chunk_size):
         t = cell_type[start : start + chunk_size]

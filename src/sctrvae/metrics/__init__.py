@@ -1,5 +1,6 @@
-"""Scores of predicted against real cells."""
+"""Scores of predicted against real cells, and of how well conditions mix."""
 
+from ._mixing import condition_mixing
 from ._prediction import (
     log1p_normalize,
     log_normalized,
@@ -10,6 +11,7 @@ from ._prediction import (
 )
 
 __all__ = [
+    "condition_mixing",
     "log1p_normalize",
     "log_normalized",
     "prediction_expression",
