@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import scvi
@@ -163,3 +164,27 @@ def test_training_threads_leave_busy_cores_alone(tmp_path, monkeypatch, load, ru
     proc.write_text(f"{load} {load} {load} {running}/300 12345\n")
     monkeypatch.setattr(_threads, "PROC_LOADAVG", proc)
     assert _threads.training_threads() == expected
+
+
+def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(scvi.settings, "_num_threads", None)
+    monkeypatch.setattr(sctrvae._model, "training_threads", lambda: 1)
+    seen = []
+
+    class RecordThreads(pl.Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+    adata = sctrvae.datasets.simulate(n_cells=200, n_genes=20, seed=0)
+    TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = TRVAEModel(adata, n_hidden=8, n_latent=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.train(max_epochs=1, enable_progress_bar=False, callbacks=[RecordThreads()])
+        assert seen
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -350,6 +350,8 @@ kernel_bandwidths, kl_weight
         check_condition_sizes(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions
         )
+        # the choice holds for this call only: the user's torch code keeps its own thread count
+        threads_before = torch.get_num_threads()
         if settings.num_threads is None and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(training_threads())
         steps_per_epoch = _steps_per_epoch(self.adata.n_obs, train_size, batch_size)
@@ -418,6 +420,8 @@ kernel_bandwidths, kl_weight
             if stop_on_nan.error is None:
                 raise
             raise stop_on_nan.error from error
+        finally:
+            torch.set_num_threads(threads_before)
 
     def _condition_code(self, condition: str) -> int:
         if str(condition) not in self.conditions:
