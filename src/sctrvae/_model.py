@@ -800,7 +800,7 @@ kernel_bandwidths, kl_weight
         ``log2(rho_target + pc) - log2(rho_source + pc)`` of the normalised expressions ``rho``
         is taken per cell and draw, so the cells' baseline differences cancel in it and what
         varies is the response itself. Its samples over draws of ``z`` and cells give the mean,
-        median and credible interval, and ``proba_de`` = P(|LFC| >= ``delta``). These are the
+        median and credible interval, and ``proba_de`` = ``P(|LFC| >= delta)``. These are the
         conventions of scvi-tools' "change" mode (Boyeau et al. 2019; ``get_bayes_factors`` of
         :class:`scvi.model.base.DifferentialComputation`): LFC of normalised expression in log2
         with pseudocounts, the summaries with a 1000 times smaller pseudocount than the test,
@@ -823,7 +823,7 @@ kernel_bandwidths, kl_weight
         max_cells
             Source cells per group at most (a random subset above; ``None``: all).
         delta
-            Smallest |LFC| that counts as a response (scvi-tools' default, 0.25).
+            Smallest ``|LFC|`` that counts as a response (scvi-tools' default, 0.25).
         pseudocounts
             Added to the normalised expression before the log. ``None``: half a count at the
             median library size of the group's source cells, which keeps genes the group barely
