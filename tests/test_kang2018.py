@@ -37,6 +37,26 @@ def test_without_network_the_error_names_the_local_routes(monkeypatch, tmp_path)
         sctrvae.datasets.kang2018(cache_dir=tmp_path)
 
 
+def test_the_download_is_checked_against_the_release_hash(monkeypatch, tmp_path):
+    import pooch
+
+    asked = {}
+
+    def serve(url, known_hash, fname, path):
+        asked.update(url=url, known_hash=known_hash)
+        _download_like(tmp_path / "kang.h5ad")
+        return str(tmp_path / "kang.h5ad")
+
+    monkeypatch.delenv("SCTRVAE_KANG_PATH", raising=False)
+    monkeypatch.setattr(pooch, "retrieve", serve)
+    adata = sctrvae.datasets.kang2018(cache_dir=tmp_path)
+    assert asked["url"].endswith("/34464122")
+    assert asked["known_hash"] == (
+        "sha256:e6a5adac64dcdeb36eaba27db49b63e0c64bb0ed4a64c6705971506b41c39830"
+    )
+    assert "CD4T" in adata.obs["cell_type"].cat.categories
+
+
 def test_missing_local_file_names_the_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="SCTRVAE_KANG_PATH"):
         sctrvae.datasets.kang2018(tmp_path / "missing.h5ad")

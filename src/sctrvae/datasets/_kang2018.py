@@ -10,8 +10,10 @@ import anndata as ad
 #: Environment variable naming a local copy of the Kang 2018 AnnData.
 KANG_PATH_ENV = "SCTRVAE_KANG_PATH"
 
-# the ~25k-cell raw-count release distributed with pertpy (Heumos et al.); no published hash
+# the ~25k-cell raw-count release distributed with pertpy (Heumos et al.), 24,673 cells × 15,706
+# genes; pertpy itself pins no checksum, this SHA-256 is the one public benchmarks check it against
 _URL = "https://figshare.com/ndownloader/files/34464122"
+_SHA256 = "e6a5adac64dcdeb36eaba27db49b63e0c64bb0ed4a64c6705971506b41c39830"
 _FILENAME = "kang_counts_25k.h5ad"
 _CONDITION_NAMES = {"ctrl": "control", "stim": "stimulated"}
 # the download's cell type names, spelled as in the scGen / trVAE release (and the README)
@@ -47,7 +49,7 @@ def kang2018(
     path
         A local ``.h5ad`` file. Default: the file named by ``$SCTRVAE_KANG_PATH`` if set, else
         the public ~25k-cell release (needs :mod:`pooch` and network), cached in ``cache_dir``.
-        The release has no published checksum, so the download is not hash-checked.
+        The download is checked against the release's SHA-256 (pooch raises on a mismatch).
     cache_dir
         Where a download is kept (default: pooch's cache folder for ``sctrvae``).
     """
@@ -62,7 +64,10 @@ def kang2018(
             ) from err
         try:
             path = pooch.retrieve(
-                _URL, known_hash=None, fname=_FILENAME, path=cache_dir or pooch.os_cache("sctrvae")
+                _URL,
+                known_hash=f"sha256:{_SHA256}",
+                fname=_FILENAME,
+                path=cache_dir or pooch.os_cache("sctrvae"),
             )
         except OSError as err:  # requests' connection errors are OSErrors
             raise ConnectionError(
