@@ -153,17 +153,37 @@ def test_import_sets_omp_wait_policy_unless_the_user_did(user, expected):
     assert out.stdout.strip() == expected
 
 
-@pytest.mark.parametrize(
-    ("load", "running", "expected"),
-    [(0.2, 1, 4), (1.0, 1, 4), (2.4, 1, 3), (0.3, 3, 2), (3.9, 2, 1), (9.0, 1, 1)],
-)
-def test_training_threads_leave_busy_cores_alone(tmp_path, monkeypatch, load, running, expected):
+def test_training_threads_use_every_usable_cpu_when_idle_threads_sleep(monkeypatch, tmp_path):
     monkeypatch.setattr(_threads, "available_cpus", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(_threads, "PASSIVE_WAIT", True)
     proc = tmp_path / "loadavg"
-    proc.write_text(f"{load} {load} {load} {running}/300 12345\n")
+    proc.write_text("9.0 9.0 9.0 9/300 12345\n")  # busy, and a load average that lags
+    monkeypatch.setattr(_threads, "PROC_LOADAVG", proc)
+    assert _threads.training_threads() == 4
+
+
+@pytest.mark.parametrize(("running", "expected"), [(1, 4), (2, 3), (4, 1), (9, 1)])
+def test_spinning_threads_leave_the_cores_busy_now_alone(tmp_path, monkeypatch, running, expected):
+    monkeypatch.setattr(_threads, "available_cpus", lambda: 4)
+    monkeypatch.setattr(_threads, "PASSIVE_WAIT", False)
+    proc = tmp_path / "loadavg"
+    # a load average left by this process's previous work does not count, only running tasks
+    proc.write_text(f"3.5 2.0 1.0 {running}/300 12345\n")
     monkeypatch.setattr(_threads, "PROC_LOADAVG", proc)
     assert _threads.training_threads() == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("import sctrvae", "True"), ("import torch, sctrvae", "False")],
+)
+def test_passive_wait_is_known_only_when_sctrvae_loads_before_torch(code, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(sctrvae.__path__[0]), *sys.path])
+    code += "; from sctrvae import _threads; print(_threads.PASSIVE_WAIT)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected
 
 
 def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
+#: Whether torch's OpenMP threads sleep when idle: libgomp reads ``OMP_WAIT_POLICY`` once, when
+#: torch loads, so the policy set below applies only if torch is not loaded yet.
+PASSIVE_WAIT = (
+    "torch" not in sys.modules and os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper() == "PASSIVE"
+)
 # Idle OpenMP threads sleep instead of spinning for the next parallel region: spinning threads
-# take the cores that the working ones (and other people's processes) wait for. libgomp reads
-# this once, when torch loads, so it only applies if sctrvae is imported before torch; a value
-# set by the user wins.
+# take the cores that the working ones (and other people's processes) wait for. A value set by
+# the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: cgroup v2 CPU quota of this process's container ("max" or "<quota> <period>").
@@ -35,21 +40,22 @@ def available_cpus() -> int:
 
 
 def training_threads() -> int:
-    """Torch threads for ``train()``: the usable CPUs that other processes leave idle, at least 1.
+    """Torch threads for ``train()``.
 
-    Small batches make many short parallel regions; when another process holds one of the cores,
-    every region waits for the thread stuck behind it (measured on Kang, 2 cores shared with busy
-    processes: 2 threads 4-15× slower per step than 1 without ``OMP_WAIT_POLICY=PASSIVE``, about
-    as fast with it; see the Speed section of ``benchmarks/README.md``). Busy cores are the
-    larger of the 1-minute load average and the processes running right now (``/proc/loadavg``,
-    which follows a change of load at once), minus this process: one thread too few costs far
-    less than one too many.
+    With sleeping idle threads (:data:`PASSIVE_WAIT`), every usable CPU: on Kang, 2 cores, two
+    threads were faster than one both alone and beside three busy processes (Speed section of
+    ``benchmarks/README.md``). With spinning threads (torch loaded before sctrvae, or
+    ``OMP_WAIT_POLICY=ACTIVE``), a thread behind another process's work stalls every parallel
+    region (2 threads 2× slower than 1 beside busy processes), so only the CPUs idle at this
+    moment are used: usable CPUs minus the tasks running now (``/proc/loadavg``) other than this
+    one, at least 1. The instantaneous count, not the load average: the load average still
+    carries this process's own last minutes, e.g. a previous ``train()``.
     """
     cpus = available_cpus()
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if PASSIVE_WAIT:
+        return cpus
     try:
         running = int(PROC_LOADAVG.read_text().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
-        running = 0
-    others = max(0.0, max(busy, running) - 1.0)
-    return max(1, min(cpus, round(cpus - others)))
+        running = 1
+    return max(1, min(cpus, cpus - (running - 1)))
