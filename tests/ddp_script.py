@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import scvi
+import torch.distributed as dist
 from test_ddp import model_with_cell_ids, train_on_two_ranks
 
 if __name__ == "__main__":
@@ -23,3 +24,7 @@ if __name__ == "__main__":
         "validation": model.validation_indices.tolist(),
     }
     (out / f"split{model.trainer.global_rank}.json").write_text(json.dumps(split))
+    # Lightning leaves the process group open; one left to interpreter exit can abort in gloo's
+    # teardown ("terminate called without an active exception"), so the script ends it itself
+    if dist.is_initialized():
+        dist.destroy_process_group()
