@@ -162,6 +162,16 @@ def test_training_threads_use_every_usable_cpu_when_idle_threads_sleep(monkeypat
     assert _threads.training_threads() == 4
 
 
+def test_seeded_runs_use_every_usable_cpu_whatever_the_load(monkeypatch, tmp_path):
+    monkeypatch.setattr(_threads, "available_cpus", lambda: 4)
+    monkeypatch.setattr(_threads, "PASSIVE_WAIT", False)
+    proc = tmp_path / "loadavg"
+    proc.write_text("3.5 2.0 1.0 9/300 12345\n")
+    monkeypatch.setattr(_threads, "PROC_LOADAVG", proc)
+    assert _threads.training_threads(reproducible=True) == 4
+    assert _threads.training_threads() == 1
+
+
 @pytest.mark.parametrize(("running", "expected"), [(1, 4), (2, 3), (4, 1), (9, 1)])
 def test_spinning_threads_leave_the_cores_busy_now_alone(tmp_path, monkeypatch, running, expected):
     monkeypatch.setattr(_threads, "available_cpus", lambda: 4)
@@ -189,7 +199,7 @@ def test_passive_wait_is_known_only_when_sctrvae_loads_before_torch(code, expect
 def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(scvi.settings, "_num_threads", None)
-    monkeypatch.setattr(sctrvae._model, "training_threads", lambda: 1)
+    monkeypatch.setattr(sctrvae._model, "training_threads", lambda reproducible: 1)
     seen = []
 
     class RecordThreads(pl.Callback):

@@ -353,7 +353,7 @@ kernel_bandwidths, kl_weight
         # the choice holds for this call only: the user's torch code keeps its own thread count
         threads_before = torch.get_num_threads()
         if settings.num_threads is None and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(training_threads())
+            torch.set_num_threads(training_threads(reproducible=settings.seed is not None))
         steps_per_epoch = _steps_per_epoch(self.adata.n_obs, train_size, batch_size)
         if max_epochs is None:
             trainer_kwargs.setdefault("max_steps", _step_budget(steps_per_epoch))

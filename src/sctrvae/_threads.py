@@ -39,7 +39,7 @@ def available_cpus() -> int:
     return max(1, cpus or 1)
 
 
-def training_threads() -> int:
+def training_threads(reproducible: bool = False) -> int:
     """Torch threads for ``train()``.
 
     With sleeping idle threads (:data:`PASSIVE_WAIT`), every usable CPU: on Kang, 2 cores, two
@@ -50,9 +50,13 @@ def training_threads() -> int:
     moment are used: usable CPUs minus the tasks running now (``/proc/loadavg``) other than this
     one, at least 1. The instantaneous count, not the load average: the load average still
     carries this process's own last minutes, e.g. a previous ``train()``.
+
+    ``reproducible`` (a seeded run): every usable CPU regardless, since the thread count changes
+    the order of floating-point sums, and a seeded run must give the same numbers whatever else
+    the machine is doing.
     """
     cpus = available_cpus()
-    if PASSIVE_WAIT:
+    if PASSIVE_WAIT or reproducible:
         return cpus
     try:
         running = int(PROC_LOADAVG.read_text().split()[3].split("/")[0])
