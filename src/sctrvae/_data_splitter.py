@@ -20,6 +20,14 @@ def shuffle_seed() -> int:
     return settings.seed if settings.seed is not None else np.random.SeedSequence().entropy
 
 
+def n_training_cells(n_obs: int, train_size: float | None = None) -> int:
+    """Training cells of a :class:`~scvi.dataloaders.DataSplitter`: ``ceil(train_size * n_obs)``.
+
+    scvi-tools' rule, ``train_size`` 0.9 by default.
+    """
+    return math.ceil((0.9 if train_size is None else train_size) * n_obs)
+
+
 def has_validation_cells(
     n_obs: int,
     train_size: float | None = None,
@@ -28,14 +36,14 @@ def has_validation_cells(
 ) -> bool:
     """Whether a :class:`~scvi.dataloaders.DataSplitter` with these arguments validates on any cell.
 
-    Follows scvi-tools' sizes: ``ceil(train_size * n_obs)`` training cells (0.9 by default), and
-    the rest, or ``floor(validation_size * n_obs)``, for validation.
+    Follows scvi-tools' sizes: :func:`n_training_cells`, and the rest, or
+    ``floor(validation_size * n_obs)``, for validation.
     """
     if external_indexing is not None:
         return len(external_indexing[1]) > 0
     if validation_size is not None:
         return math.floor(validation_size * n_obs) > 0
-    return math.ceil((train_size or 0.9) * n_obs) < n_obs
+    return n_training_cells(n_obs, train_size) < n_obs
 
 
 class ConditionBalancedDataLoader(AnnDataLoader):

@@ -33,7 +33,11 @@ from scvi.utils._docstrings import devices_dsp
 
 from ._calibration import calibrate_draws
 from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
-from ._data_splitter import ConditionBalancedDataSplitter, has_validation_cells
+from ._data_splitter import (
+    ConditionBalancedDataSplitter,
+    has_validation_cells,
+    n_training_cells,
+)
 from ._differential import differential_response
 from ._mmd import MMDMode
 from ._module import Dispersion, Likelihood, TRVAEModule
@@ -876,8 +880,7 @@ kernel_bandwidths, kl_weight
 
 def _steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> int:
     """Optimiser steps in one epoch of the training split (as scvi-tools' splitter sizes it)."""
-    n_train = math.ceil((0.9 if train_size is None else train_size) * n_obs)
-    return max(1, math.ceil(n_train / batch_size))
+    return max(1, math.ceil(n_training_cells(n_obs, train_size) / batch_size))
 
 
 def _step_budget(steps_per_epoch: int) -> int:
