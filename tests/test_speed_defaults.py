@@ -218,3 +218,31 @@ def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("setting", ["env", "scvi"])
+def test_the_users_thread_count_holds_even_after_something_else_changed_it(monkeypatch, setting):
+    # numba (scanpy) shares torch's OpenMP runtime and raises its thread count when it runs
+    if setting == "env":
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setattr(scvi.settings, "_num_threads", None)
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(scvi.settings, "_num_threads", 1)
+    seen = []
+
+    class RecordThreads(pl.Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+    adata = sctrvae.datasets.simulate(n_cells=200, n_genes=20, seed=0)
+    TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = TRVAEModel(adata, n_hidden=8, n_latent=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a scanpy call leaves behind on a 2-core machine
+    try:
+        model.train(max_epochs=1, enable_progress_bar=False, callbacks=[RecordThreads()])
+        assert set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

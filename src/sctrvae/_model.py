@@ -346,18 +346,19 @@ kernel_bandwidths, kl_weight
 
         Notes
         -----
-        Unless ``scvi.settings.num_threads`` or ``OMP_NUM_THREADS`` is set, the number of torch
-        threads is set to the CPUs this process may use (affinity, cgroup quota) that other
-        processes leave idle (load average, processes running now), at least 1: on a machine
-        shared with busy processes, one thread per core can be many times slower than one thread.
+        Torch threads for this call (the caller's count is restored afterwards):
+        ``scvi.settings.num_threads`` if set, else ``OMP_NUM_THREADS`` if set, else every CPU
+        this process may use (affinity, cgroup quota); only when torch was loaded before
+        sctrvae (idle threads then spin), the CPUs other processes leave idle now. The count is
+        applied at every call because scanpy's numba functions reset torch's OpenMP thread
+        count to all cores whenever they run.
         """
         check_condition_sizes(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions
         )
         # the choice holds for this call only: the user's torch code keeps its own thread count
         threads_before = torch.get_num_threads()
-        if settings.num_threads is None and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(training_threads(reproducible=settings.seed is not None))
+        torch.set_num_threads(_thread_setting() or training_threads(settings.seed is not None))
         steps_per_epoch = _steps_per_epoch(self.adata.n_obs, train_size, batch_size)
         if max_epochs is None:
             trainer_kwargs.setdefault("max_steps", _step_budget(steps_per_epoch))
@@ -886,6 +887,21 @@ def _steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> i
 def _step_budget(steps_per_epoch: int) -> int:
     """Default ``max_steps``: ``MAX_STEPS``, or one epoch if longer (every cell is seen once)."""
     return max(MAX_STEPS, steps_per_epoch)
+
+
+def _thread_setting() -> int | None:
+    """Torch threads the user asked for: ``scvi.settings.num_threads``, else ``OMP_NUM_THREADS``.
+
+    Re-applied at every ``train()``: numba (scanpy's parallel functions) shares torch's OpenMP
+    runtime and sets its thread count to every core whenever it runs, so a count set once at
+    the start of a session does not hold after the first scanpy call.
+    """
+    if settings.num_threads is not None:
+        return settings.num_threads
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _matrix_name(layer: str | None) -> str:
