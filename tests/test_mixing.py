@@ -4,6 +4,8 @@ import anndata as ad
 import numpy as np
 import pytest
 
+import sctrvae
+
 from sctrvae.metrics import condition_mixing
 
 
@@ -54,3 +56,37 @@ def test_anndata_columns_and_obsm_give_the_array_result(cells):
     )
     with pytest.raises(ValueError, match="AnnData"):
         condition_mixing(x, "cond", "grp")
+
+
+@pytest.mark.parametrize("labels_key", [None, "cell_type"])
+def test_training_logs_the_mixing_of_the_validation_cells(sim, labels_key):
+    sctrvae.TRVAEModel.setup_anndata(sim, condition_key="condition", labels_key=labels_key)
+    model = sctrvae.TRVAEModel(sim, n_hidden=32, n_latent=4)
+    model.train(
+        max_epochs=3,
+        batch_size=64,
+        train_size=0.6,  # enough validation cells of each (label, condition) for 15 neighbours
+        early_stopping=False,
+        check_val_every_n_epoch=1,
+        enable_progress_bar=False,
+    )
+    logged = model.history["mixing_y_validation"]["mixing_y_validation"].to_numpy()
+    assert logged.shape == (3,)
+    cells = model.validation_indices
+    groups = None if labels_key is None else sim.obs[labels_key].to_numpy()[cells]
+    for rep in ("y", "z"):
+        after = condition_mixing(
+            model.get_latent_representation(indices=cells, representation=rep),
+            sim.obs["condition"].to_numpy()[cells],
+            groups,
+        )
+        last = model.history[f"mixing_{rep}_validation"].iloc[-1, 0]
+        assert last == pytest.approx(after, abs=1e-6)
+
+
+def test_mixing_logging_can_be_switched_off(sim):
+    sctrvae.TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = sctrvae.TRVAEModel(sim, n_hidden=32, n_latent=4)
+    model.train(max_epochs=2, plan_kwargs={"log_mixing": False}, enable_progress_bar=False)
+    assert "mixing_y_validation" not in model.history
+    assert "mmd_validation" in model.history

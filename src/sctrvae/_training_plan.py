@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
+
+from .metrics import condition_mixing
 
 #: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
 #: TRVAEModule has no global KL term, so scvi-tools' ``kl_global_*`` (always 0) is not logged.
@@ -23,11 +28,19 @@ class TRVAETrainingPlan(TrainingPlan):
 
     Adam is the fused implementation where the parameters' device has one (CPU and CUDA): the
     same update, a third of the time of the per-tensor loop on CPU.
+
+    With ``log_mixing`` (default), every validation epoch also logs how well the conditions mix
+    in ``y`` and in ``z`` among the validation cells (``mixing_y_validation``,
+    ``mixing_z_validation``: :func:`~sctrvae.metrics.condition_mixing`, within labels when
+    ``labels_key`` was registered), beside ``mmd_validation``. An epoch where no label holds
+    enough cells of two conditions logs nothing.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, log_mixing: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.log_mixing = log_mixing
         self._sums: dict[str, torch.Tensor | None] = {"train": None, "validation": None}
+        self._representations: list[dict[str, torch.Tensor]] = []
 
     def _optimizer_creator_fn(self, optimizer_cls):
         def create(params):
@@ -59,8 +72,20 @@ class TRVAETrainingPlan(TrainingPlan):
         """Add a validation batch's metrics to the epoch's sums."""
         if self.on_step:
             return super().validation_step(batch, batch_idx)
-        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        inference_outputs, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         self._accumulate("validation", loss_output)
+        if self.log_mixing:
+            labels = batch.get(REGISTRY_KEYS.LABELS_KEY)
+            condition = batch[REGISTRY_KEYS.BATCH_KEY]
+            z = inference_outputs["qz"].loc  # the posterior mean, as get_latent_representation
+            self._representations.append(
+                {
+                    "y": self.module.g1(z, condition),
+                    "z": z,
+                    "condition": condition,
+                    "labels": torch.zeros_like(condition) if labels is None else labels,
+                }
+            )
 
     @torch.no_grad()
     def _accumulate(self, mode: str, loss_output: LossOutput) -> None:
@@ -96,4 +121,15 @@ class TRVAETrainingPlan(TrainingPlan):
         """Log the epoch's validation means."""
         if not self.on_step:
             self._log_epoch("validation")
+            self._log_mixing()
         super().on_validation_epoch_end()
+
+    def _log_mixing(self) -> None:
+        batches, self._representations = self._representations, []
+        if not batches:
+            return
+        cells = {k: torch.cat([b[k] for b in batches]).cpu().numpy() for k in batches[0]}
+        for rep in ("y", "z"):
+            score = condition_mixing(cells[rep], cells["condition"], cells["labels"])
+            if not math.isnan(score):
+                self.log(f"mixing_{rep}_validation", score, on_step=False, on_epoch=True)
