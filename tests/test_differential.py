@@ -28,7 +28,8 @@ def fitted():
     """A model trained on simulated data whose responses are known.
 
     Every cell type is measured in both conditions here, so the MMD (default weight 100) can
-    align the conditions' ``y`` to the point of erasing the response; a weight of 10 keeps it.
+    align the conditions' ``y`` to the point of erasing the types' own responses (with the
+    condition offset, the shared response survives); a weight of 10 keeps them.
     """
     scvi.settings.seed = 0
     adata = sctrvae.datasets.simulate(n_cells=1500, n_genes=200, n_cell_types=3, seed=2)
@@ -91,7 +92,8 @@ def test_response_genes_get_high_proba_and_others_low(fitted):
         assert flat.sum() >= 150
         assert table.proba_de.to_numpy()[strong].mean() > 0.8
         assert table.proba_de.to_numpy()[flat].mean() < 0.05
-        assert np.corrcoef(table.lfc_mean, true_lfc[t])[0, 1] > 0.9
+        # 0.88-0.96 over the types; the offset model attributes more of it to the shared part
+        assert np.corrcoef(table.lfc_mean, true_lfc[t])[0, 1] > 0.85
         assert np.corrcoef(table.observed_lfc, true_lfc[t])[0, 1] > 0.8
 
 

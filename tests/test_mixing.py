@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import sctrvae
-
 from sctrvae.metrics import condition_mixing
 
 

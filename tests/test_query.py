@@ -73,4 +73,5 @@ def test_query_with_a_new_condition(trained):
     assert extended == {
         "encoder.encoder.fc_layers.Layer 0.0.weight",
         "g1.fc_layers.Layer 0.0.weight",
+        "condition_offset",
     }

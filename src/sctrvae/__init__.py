@@ -5,6 +5,7 @@ from . import _threads  # noqa: F401, I001
 from . import benchmark, datasets, metrics, pl
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
 from ._device_data import DeviceResidentData
+from ._ensemble import TRVAEEnsemble
 from ._mmd import mmd, pairwise_condition_mmd
 from ._model import TRVAEModel
 from ._module import TRVAEModule
@@ -16,6 +17,7 @@ __all__ = [
     "ConditionBalancedDataSplitter",
     "ConditionBalancedSampler",
     "DeviceResidentData",
+    "TRVAEEnsemble",
     "TRVAEModel",
     "TRVAEModule",
     "__version__",

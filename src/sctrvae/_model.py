@@ -92,8 +92,8 @@ class TRVAEModel(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, 
     registry
         Registry of a saved model, for a model without data.
     n_hidden, n_latent, n_layers, dropout_rate, likelihood, dispersion, mmd_weight, \
-kernel_bandwidths, kl_weight
-        See :class:`~sctrvae.TRVAEModule`.
+kernel_bandwidths, kl_weight, condition_offset
+        See :class:`~sctrvae.TRVAEModule`. ``condition_offset=False`` is the paper's decoder.
     mmd_mode
         ``"global"`` (default), ``"label"`` or ``"reweighted"`` (see
         :class:`~sctrvae.TRVAEModule`); the last two need ``labels_key`` in
@@ -127,6 +127,7 @@ kernel_bandwidths, kl_weight
         kernel_bandwidths: str | Sequence[float] = "auto",
         kl_weight: float = 1.0,
         mmd_mode: MMDMode = "global",
+        condition_offset: bool = True,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
@@ -161,13 +162,15 @@ kernel_bandwidths, kl_weight
             kernel_bandwidths=kernel_bandwidths,
             kl_weight=kl_weight,
             mmd_mode=mmd_mode,
+            condition_offset=condition_offset,
             n_labels=self.summary_stats.get("n_labels", 0),
             **module_kwargs,
         )
         self._model_summary_string = (
             f"TRVAEModel: {n_conditions} conditions, n_latent={n_latent}, n_hidden={n_hidden}, "
             f"n_layers={n_layers}, likelihood={likelihood}, dispersion={dispersion}, "
-            f"mmd_weight={mmd_weight}, mmd_mode={mmd_mode}, kernel_bandwidths={kernel_bandwidths}."
+            f"mmd_weight={mmd_weight}, mmd_mode={mmd_mode}, kernel_bandwidths={kernel_bandwidths}, "
+            f"condition_offset={condition_offset}."
         )
         # saved with the model (scvi-tools saves attributes ending in "_"); load restores it
         self.sctrvae_version_ = __version__
@@ -224,6 +227,30 @@ kernel_bandwidths, kl_weight
                 "save with save(path, save_anndata=True)."
             )
         return super().load(dir_path, adata=adata, **kwargs)
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: ad.AnnData | None = None,
+        reference_model: str | TRVAEModel | None = None,
+        *args,
+        **kwargs,
+    ) -> TRVAEModel:
+        """scvi-tools' ``ArchesMixin.load_query_data`` (scArches surgery), see :doc:`/query`.
+
+        The new conditions' columns of the output offset (``condition_offset``) train with the
+        new columns of the condition-injected layers; the reference's stay frozen.
+        """
+        model = super().load_query_data(adata, reference_model, *args, **kwargs)
+        offset = model.module.condition_offset
+        if offset is not None and not kwargs.get("unfrozen", False):
+            if isinstance(reference_model, str):
+                reference_model = cls.load(reference_model, adata=False)
+            new = torch.zeros_like(offset)
+            new[:, reference_model.module.n_conditions :] = 1.0
+            offset.requires_grad_(True)
+            offset.register_hook(lambda grad: grad * new)
+        return model
 
     @classmethod
     @setup_anndata_dsp.dedent

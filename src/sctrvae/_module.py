@@ -25,9 +25,10 @@ Dispersion = Literal["gene", "gene-condition"]
 class TRVAEModule(BaseModuleClass):
     """Transfer VAE (trVAE) on raw counts.
 
-    ``z = f(x, s)`` (encoder), ``y = g1(z, s)`` (first decoder layer), ``x ~ p(x | g2(y))``.
-    The condition ``s`` enters the first layer of the encoder and of the decoder only. The MMD
-    between conditions is taken on ``y``.
+    ``z = f(x, s)`` (encoder), ``y = g1(z, s)`` (first decoder layer), ``x ~ p(x | g2(y) + b_s)``.
+    The condition ``s`` enters the first layer of the encoder and of the decoder, and, with
+    ``condition_offset``, the decoder's output as a per-gene offset ``b_s`` of the log-rates.
+    The MMD between conditions is taken on ``y``.
 
     Parameters
     ----------
@@ -64,6 +65,14 @@ class TRVAEModule(BaseModuleClass):
         β of the KL term, multiplied by the training plan's warm-up factor.
     use_batch_norm, use_layer_norm
         Normalisation of the hidden layers (``scvi.nn.FCLayers``).
+    condition_offset
+        Add a learned offset per gene and condition to the decoder's output (the log-rates
+        before the softmax, or the mean of ``"normal"``): a condition's average effect reaches
+        the counts as a multiplicative change of each gene's rate, without passing through
+        ``y``. The MMD can then align ``y`` across conditions without erasing the shared
+        response, and a group never observed in the target condition receives at least that
+        response, applied to its own profile, while ``y`` carries what is specific to it. A zero
+        offset is the decoder without it (models saved before it existed load that way).
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class TRVAEModule(BaseModuleClass):
         kl_weight: float = 1.0,
         use_batch_norm: bool = False,
         use_layer_norm: bool = True,
+        condition_offset: bool = True,
     ):
         super().__init__()
         if likelihood not in ("nb", "zinb", "normal"):
@@ -141,11 +151,22 @@ class TRVAEModule(BaseModuleClass):
             else nn.Identity()
         )
         self.mean_head = nn.Linear(n_hidden, n_input)
+        # genes × conditions: scvi-tools' query surgery extends condition columns on the last axis
+        self.condition_offset = (
+            nn.Parameter(torch.zeros(n_input, n_conditions)) if condition_offset else None
+        )
         if likelihood == "zinb":
             self.dropout_head = nn.Linear(n_hidden, n_input)
         if likelihood != "normal":
             n_dispersions = n_conditions if dispersion == "gene-condition" else 1
             self.log_theta = nn.Parameter(torch.zeros(n_input, n_dispersions))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a model saved before the offset existed decodes exactly as this one with a zero offset
+        key = f"{prefix}condition_offset"
+        if self.condition_offset is not None and key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.condition_offset)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY], "condition": tensors[REGISTRY_KEYS.BATCH_KEY]}
@@ -203,6 +224,8 @@ class TRVAEModule(BaseModuleClass):
         y = self.g1(z, condition)
         h = self.g2(y)
         mean = self.mean_head(h)
+        if self.condition_offset is not None:
+            mean = mean + self.condition_offset[:, condition.reshape(-1).long()].T
         if self.likelihood == "normal":
             # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
             return {"y": y, "px": NormalWithMean(mean, torch.ones_like(mean), normal_mu=mean)}
