@@ -55,7 +55,11 @@ def test_draws_of_every_member_are_stacked(ensemble, readout):
     fitted, adata = ensemble
     ctrl = np.flatnonzero(adata.obs["condition"] == "control")[:30]
     pred = fitted.predict(
-        adata, indices=ctrl, target_condition="stimulated", readout=readout, n_samples=3,
+        adata,
+        indices=ctrl,
+        target_condition="stimulated",
+        readout=readout,
+        n_samples=3,
         key_added="draws",
     )
     assert pred.shape == (2 * 3 * 30, adata.n_vars)

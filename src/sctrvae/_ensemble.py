@@ -226,4 +226,3 @@ class TRVAEEnsemble:
             for name in names[1:]
         ]
         return cls.from_models([first, *rest])
-
