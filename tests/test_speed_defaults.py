@@ -196,10 +196,8 @@ def test_passive_wait_is_known_only_when_sctrvae_loads_before_torch(code, expect
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
-def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(scvi.settings, "_num_threads", None)
-    monkeypatch.setattr(sctrvae._model, "training_threads", lambda reproducible: 1)
+def threads_during_training_from_two() -> tuple[set[int], int]:
+    """Torch threads seen at each training step, and after train(), for a caller at 2 threads."""
     seen = []
 
     class RecordThreads(pl.Callback):
@@ -210,14 +208,19 @@ def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
     TRVAEModel.setup_anndata(adata, condition_key="condition")
     model = TRVAEModel(adata, n_hidden=8, n_latent=2)
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # also what a scanpy call leaves behind on a 2-core machine
     try:
         model.train(max_epochs=1, enable_progress_bar=False, callbacks=[RecordThreads()])
-        assert seen
-        assert set(seen) == {1}
-        assert torch.get_num_threads() == 2
+        return set(seen), torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(scvi.settings, "_num_threads", None)
+    monkeypatch.setattr(sctrvae._model, "training_threads", lambda reproducible: 1)
+    assert threads_during_training_from_two() == ({1}, 2)
 
 
 @pytest.mark.parametrize("setting", ["env", "scvi"])
@@ -229,20 +232,4 @@ def test_the_users_thread_count_holds_even_after_something_else_changed_it(monke
     else:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(scvi.settings, "_num_threads", 1)
-    seen = []
-
-    class RecordThreads(pl.Callback):
-        def on_train_batch_start(self, *args):
-            seen.append(torch.get_num_threads())
-
-    adata = sctrvae.datasets.simulate(n_cells=200, n_genes=20, seed=0)
-    TRVAEModel.setup_anndata(adata, condition_key="condition")
-    model = TRVAEModel(adata, n_hidden=8, n_latent=2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # what a scanpy call leaves behind on a 2-core machine
-    try:
-        model.train(max_epochs=1, enable_progress_bar=False, callbacks=[RecordThreads()])
-        assert set(seen) == {1}
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    assert threads_during_training_from_two() == ({1}, 2)

@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 from scvi import settings
 
-from ._model import Readout, TRVAEModel
+from ._model import Readout, TRVAEModel, write_layer
 from ._version import __version__
 
 #: File naming the members of a saved ensemble.
@@ -154,13 +154,8 @@ class TRVAEEnsemble:
             per_cell = pred.layers["log_normalized"].reshape(-1, n_cells, pred.n_vars).mean(0)
         pred.uns["sctrvae_prediction"] = record
         if key_added is not None:
-            selected = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-            if selected.dtype == bool:
-                selected = np.flatnonzero(selected)
-            written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
-            written[selected] = per_cell
-            adata.layers[key_added] = written
-            adata.uns[key_added] = dict(record)
+            _, selected, _ = self.members[0]._prepare(adata, indices, key_added)
+            write_layer(adata, selected, per_cell, key_added, record)
         return pred
 
     def get_latent_representation(

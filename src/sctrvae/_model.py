@@ -750,10 +750,7 @@ kernel_bandwidths, kl_weight, condition_offset
         pred.layers["log_normalized"] = log_expression
         pred.uns["sctrvae_prediction"] = record
         if key_added is not None:
-            written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
-            written[selected] = per_cell
-            adata.layers[key_added] = written
-            adata.uns[key_added] = dict(record)
+            write_layer(adata, selected, per_cell, key_added, record)
         return pred
 
     def _check_readout(self, readout: str, n_samples: int | None, groupby: str | None) -> int:
@@ -914,6 +911,19 @@ def _steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> i
 def _step_budget(steps_per_epoch: int) -> int:
     """Default ``max_steps``: ``MAX_STEPS``, or one epoch if longer (every cell is seen once)."""
     return max(MAX_STEPS, steps_per_epoch)
+
+
+def write_layer(
+    adata: ad.AnnData, selected: np.ndarray, per_cell: np.ndarray, key_added: str, record: dict
+) -> None:
+    """Write ``per_cell`` to ``adata.layers[key_added]`` (NaN outside ``selected``) and ``record``.
+
+    ``record`` (what was written) goes to ``adata.uns[key_added]``.
+    """
+    written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+    written[selected] = per_cell
+    adata.layers[key_added] = written
+    adata.uns[key_added] = dict(record)
 
 
 def _thread_setting() -> int | None:
