@@ -14,6 +14,9 @@ from .metrics import condition_mixing
 #: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
 #: TRVAEModule has no global KL term, so scvi-tools' ``kl_global_*`` (always 0) is not logged.
 _METRICS = ("loss", "elbo", "reconstruction_loss", "kl_local", "mmd")
+#: Validation cells whose mixing is scored each epoch: the first ones of the (unshuffled)
+#: validation loader, the same every epoch; a kNN over more would cost more than the epoch.
+MIXING_CELLS = 2000
 
 
 class TRVAETrainingPlan(TrainingPlan):
@@ -32,8 +35,9 @@ class TRVAETrainingPlan(TrainingPlan):
     With ``log_mixing`` (default), every validation epoch also logs how well the conditions mix
     in ``y`` and in ``z`` among the validation cells (``mixing_y_validation``,
     ``mixing_z_validation``: :func:`~sctrvae.metrics.condition_mixing`, within labels when
-    ``labels_key`` was registered), beside ``mmd_validation``. An epoch where no label holds
-    enough cells of two conditions logs nothing.
+    ``labels_key`` was registered), beside ``mmd_validation``, over the first
+    :data:`MIXING_CELLS` validation cells. An epoch where no label holds enough cells of two
+    conditions logs nothing.
     """
 
     def __init__(self, *args, log_mixing: bool = True, **kwargs):
@@ -74,7 +78,8 @@ class TRVAETrainingPlan(TrainingPlan):
             return super().validation_step(batch, batch_idx)
         inference_outputs, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         self._accumulate("validation", loss_output)
-        if self.log_mixing:
+        collected = sum(b["z"].shape[0] for b in self._representations)
+        if self.log_mixing and collected < MIXING_CELLS:
             labels = batch.get(REGISTRY_KEYS.LABELS_KEY)
             condition = batch[REGISTRY_KEYS.BATCH_KEY]
             z = inference_outputs["qz"].loc  # the posterior mean, as get_latent_representation
