@@ -225,7 +225,9 @@ class TRVAEModule(BaseModuleClass):
         h = self.g2(y)
         mean = self.mean_head(h)
         if self.condition_offset is not None:
-            mean = mean + self.condition_offset[:, condition.reshape(-1).long()].T
+            # a one-hot product, not an index: its backward is a matmul, not a 7k-wide scatter
+            one_hot = nn.functional.one_hot(condition.reshape(-1).long(), self.n_conditions)
+            mean = mean + one_hot.to(mean.dtype) @ self.condition_offset.T
         if self.likelihood == "normal":
             # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
             return {"y": y, "px": NormalWithMean(mean, torch.ones_like(mean), normal_mu=mean)}
