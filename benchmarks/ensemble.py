@@ -89,6 +89,7 @@ def fold_rows(adata: ad.AnnData, group: str) -> list[dict]:
 
 
 def write_report(df: pd.DataFrame, path: Path) -> None:
+    df = df.astype({"k": int, "repeat": int})
     per_fold = df.groupby(["k", "group"])
     table = pd.DataFrame(
         {
@@ -116,7 +117,8 @@ def write_report(df: pd.DataFrame, path: Path) -> None:
         f"Folds: {df.group.nunique()}; repetitions per fold "
         "(k = 1: each of the 9 models; k = 3: disjoint triples; k = 5: 2 of 5 members shared "
         "with the next repetition); "
-        "calibrated readout, 10 draws per member.",
+        "calibrated readout, 10 draws per member. Seconds as measured in this run "
+        "(`benchmarks/README.md`, Seed ensembles, says under which load).",
         "",
         table.round(4).to_markdown(),
         "",
