@@ -69,7 +69,7 @@ def test_invalid_arguments():
         ConditionBalancedSampler(codes([5, 5]), num_replicas=2, rank=2)
 
 
-def test_labels_put_every_label_condition_pair_into_every_batch():
+def test_labels_deal_every_label_condition_pair_evenly_without_resampling_rare_pairs():
     conditions = codes([300, 300])
     labels = np.concatenate(
         [np.repeat([0, 1, 2], [250, 40, 10]), np.repeat([0, 1, 2], [50, 200, 50])]
@@ -78,8 +78,27 @@ def test_labels_put_every_label_condition_pair_into_every_batch():
         conditions, batch_size=60, min_cells_per_condition=3, labels=labels
     )
     batches = list(sampler)
+    assert len(batches) == 10
     for batch in batches:
         pairs = np.bincount(conditions[batch] * 3 + labels[batch], minlength=6)
-        assert (pairs >= 3).all()
-    # every cell is used, the rare pair (label 2, condition 0) resampled up to the floor
-    assert set(np.concatenate(batches)) == set(range(600))
+        assert pairs.tolist() == [25, 4, 1, 5, 20, 5]
+    # the rare pair (label 2, condition 0) is not resampled: every cell exactly once
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(600))
+
+
+def test_a_small_condition_is_resampled_up_to_the_floor_keeping_its_label_mix():
+    conditions = codes([1000, 20])
+    labels = np.concatenate([np.repeat([0, 1], [500, 500]), np.repeat([0, 1], [15, 5])])
+    sampler = ConditionBalancedSampler(
+        conditions, batch_size=100, min_cells_per_condition=8, labels=labels, seed=1
+    )
+    small = []
+    for batch in sampler:
+        batch = np.asarray(batch)
+        in_small = batch[conditions[batch] == 1]
+        assert in_small.size >= 8
+        small.append(in_small)
+    small = np.concatenate(small)
+    # 11 batches x 8 cells, in the condition's own 3 : 1 label mix
+    assert np.bincount(labels[small]).tolist() == [66, 22]
+    assert set(small) == set(range(1000, 1020))

@@ -275,8 +275,9 @@ kernel_bandwidths, kl_weight, condition_offset
         labels_key
             Optional column of ``adata.obs`` with a cell label (e.g. the cell type). It enables
             the MMD within each label (``TRVAEModel(mmd_mode="label")``) or at equal label
-            proportions (``"reweighted"``), and makes minibatches hold every (label, condition)
-            pair. Cells passed to the model later must carry a known label too.
+            proportions (``"reweighted"``), and deals every (label, condition) pair evenly over
+            the minibatches (rare pairs are not resampled). Cells passed to the model later must
+            carry a known label too.
 
         Notes
         -----

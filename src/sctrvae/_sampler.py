@@ -15,8 +15,11 @@ class ConditionBalancedSampler(Sampler[list[int]]):
     Each condition's cells are shuffled and dealt out evenly over the epoch's batches, so a batch
     mirrors the data's condition mix and no condition is ever missing (which would silently zero
     its MMD terms). A condition too small to give every batch ``min_cells_per_condition`` cells is
-    resampled with replacement up to that floor. With ``labels``, the strata are the
-    (label, condition) pairs instead, so that the label-aware MMD finds every pair in every batch.
+    resampled with replacement up to that floor. With ``labels``, each (label, condition) pair is
+    dealt out the same way, so that the label-aware MMD finds a pair with enough cells in every
+    batch; the floor stays a floor per condition, and a small condition is resampled keeping its
+    label mix. Rare pairs are not resampled on their own: raising each pair to a floor made the
+    model fit a different composition (Kang, default MMD: Δ-Pearson over DEGs 0.90 → 0.86).
 
     Under DDP each rank takes a disjoint, interleaved slice of every condition, and all ranks
     yield the same number of batches (required for the collective all-reduce to line up).
@@ -37,13 +40,14 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         Round the number of batches down instead of up; every cell is still used each epoch,
         in fewer, slightly larger batches.
     min_cells_per_condition
-        Floor of cells per stratum per batch (at most ``batch_size // n_strata``).
+        Floor of cells per condition per batch (at most ``batch_size // n_conditions``).
     num_replicas, rank
         DDP world size and rank; read from :mod:`torch.distributed` when it is initialised.
     seed
         Base seed; every rank must use the same one so that the slices are disjoint.
     labels
-        Optional integer label code of each position; stratify by (label, condition) pairs.
+        Optional integer label code of each position; deal out each (label, condition) pair
+        evenly.
     """
 
     def __init__(
@@ -72,12 +76,16 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        strata = conditions
         if labels is not None:
             labels = np.asarray(labels).reshape(-1)
-            conditions = conditions * (labels.max() + 1) + labels
-        codes = np.unique(conditions)
-        self.groups = [np.flatnonzero(conditions == c) for c in codes]
-        self.floor = max(1, min(min_cells_per_condition, batch_size // len(codes)))
+            strata = conditions * (labels.max() + 1) + labels
+        codes, first = np.unique(strata, return_index=True)
+        self.groups = [np.flatnonzero(strata == c) for c in codes]
+        # strata of each condition, which share its floor
+        _, self.stratum_condition = np.unique(conditions[first], return_inverse=True)
+        n_conditions = self.stratum_condition.max() + 1
+        self.floor = max(1, min(min_cells_per_condition, batch_size // n_conditions))
         per_rank = math.ceil(conditions.size / self.num_replicas)
         rounding = math.floor if drop_last else math.ceil
         self.n_batches = max(1, rounding(per_rank / batch_size))
@@ -89,16 +97,23 @@ class ConditionBalancedSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.n_batches
 
-    def _rank_share(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Cells of one (ordered) condition that go to this rank, at least ``floor`` per batch."""
-        share = order[self.rank :: self.num_replicas]
-        if share.size == 0:  # fewer cells than ranks: borrow from the whole condition
-            share = order
-        needed = self.floor * self.n_batches
-        if share.size < needed:
-            extra = rng.choice(share, size=needed - share.size, replace=True)
-            share = np.concatenate([share, extra])
-        return share
+    def _rank_shares(self, orders: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        """Cells of each (ordered) stratum that go to this rank, ``floor`` per batch and condition.
+
+        A condition short of the floor has each of its strata resampled by the same factor.
+        """
+        shares = [o[self.rank :: self.num_replicas] for o in orders]
+        # fewer cells than ranks: borrow from the whole stratum
+        shares = [share if share.size else o for share, o in zip(shares, orders, strict=True)]
+        sizes = np.array([share.size for share in shares])
+        totals = np.bincount(self.stratum_condition, weights=sizes)
+        scale = np.maximum(1.0, self.floor * self.n_batches / totals)[self.stratum_condition]
+        for k, share in enumerate(shares):
+            needed = math.ceil(sizes[k] * scale[k] - 1e-9)  # not one extra for rounding error
+            if needed > share.size:
+                extra = rng.choice(share, size=needed - share.size, replace=True)
+                shares[k] = np.concatenate([share, extra])
+        return shares
 
     def __iter__(self):
         # one shared stream orders the cells identically on every rank, so that the rank slices
@@ -107,7 +122,9 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         local = np.random.default_rng([self.seed, self.epoch, self.rank])
         self.epoch += 1
         orders = [shared.permutation(g) if self.shuffle else g for g in self.groups]
-        pieces = [np.array_split(self._rank_share(o, local), self.n_batches) for o in orders]
+        # dealt round-robin, stratum after stratum: every stratum, and every condition, is spread
+        # over the batches to within one cell
+        dealt = np.concatenate(self._rank_shares(orders, local))
         for b in range(self.n_batches):
             # increasing positions: contiguous reads, in the order scvi-tools reads backed data
-            yield np.sort(np.concatenate([piece[b] for piece in pieces])).tolist()
+            yield np.sort(dealt[b :: self.n_batches]).tolist()
