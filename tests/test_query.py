@@ -1,14 +1,15 @@
 """Reference mapping: extend a trained model to a condition it never saw (scArches surgery)."""
 
 import numpy as np
+import pytest
 import torch
 
 import sctrvae
 from sctrvae import TRVAEModel
 
 
-def query_anndata():
-    """Cells of a new condition, with the genes in another order and one gene missing."""
+def query_anndata(conditions):
+    """Cells of ``conditions``, with the genes in another order and one gene missing."""
     adata = sctrvae.datasets.simulate(
         n_cells=600,
         n_genes=120,
@@ -16,11 +17,13 @@ def query_anndata():
         conditions=("control", "stimulated", "drugC"),
         seed=2,
     )
-    adata = adata[adata.obs["condition"] == "drugC"].copy()
+    adata = adata[adata.obs["condition"].isin(conditions)].copy()
     return adata[:, adata.var_names[::-1][1:]].copy()
 
 
-def test_query_with_a_new_condition(trained):
+# a query of the new condition alone, and one that also holds cells of a reference condition
+@pytest.mark.parametrize("query_conditions", [["drugC"], ["drugC", "stimulated"]])
+def test_query_with_a_new_condition(trained, query_conditions):
     model, ref = trained
     ref_cells = np.flatnonzero(ref.obs["condition"] == "control")
     before = {
@@ -28,7 +31,7 @@ def test_query_with_a_new_condition(trained):
     }
     frozen = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
 
-    query = query_anndata()
+    query = query_anndata(query_conditions)
     TRVAEModel.prepare_query_anndata(query, model)
     assert query.var_names.equals(ref.var_names)
     query_model = TRVAEModel.load_query_data(query, model)
@@ -57,19 +60,24 @@ def test_query_with_a_new_condition(trained):
     assert to_new.shape == (ref_cells.size, ref.n_vars)
     assert np.isfinite(to_new.X).all()
     assert not np.allclose(to_new.layers["normalized"], before["stimulated"].layers["normalized"])
-    # ...and their predictions under the reference conditions are unchanged
+    # ...and their predictions under a reference condition change only if the query holds it
     for condition, expected in before.items():
         after = query_model.predict(ref, indices=ref_cells, target_condition=condition)
-        np.testing.assert_allclose(after.X, expected.X, rtol=1e-5, atol=1e-5)
-    # the surgery trained only the new condition's columns of the condition-injected layers
+        moved = not np.allclose(after.X, expected.X, rtol=1e-5, atol=1e-5)
+        assert moved == (condition in query_conditions), condition
+    # the surgery trained only condition columns of the condition-injected layers and the offset:
+    # the new condition's, and a reference condition's only where the query holds its cells
     extended = set()
     for name, value in query_model.module.state_dict().items():
         if value.shape == frozen[name].shape:
             assert torch.equal(value, frozen[name]), name
-        else:
-            extended.add(name)
-            assert torch.equal(value[:, :-1], frozen[name]), name
-            assert not torch.equal(value[:, -1], loaded[name][:, -1]), name
+            continue
+        extended.add(name)
+        assert torch.equal(value[:, :-3], frozen[name][:, :-2]), name  # gene inputs
+        for k, condition in enumerate(model.conditions):
+            same = torch.equal(value[:, k - 3], frozen[name][:, k - 2])
+            assert same == (condition not in query_conditions), (name, condition)
+        assert not torch.equal(value[:, -1], loaded[name][:, -1]), name
     assert extended == {
         "encoder.encoder.fc_layers.Layer 0.0.weight",
         "g1.fc_layers.Layer 0.0.weight",

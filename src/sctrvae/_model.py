@@ -238,18 +238,14 @@ kernel_bandwidths, kl_weight, condition_offset
     ) -> TRVAEModel:
         """scvi-tools' ``ArchesMixin.load_query_data`` (scArches surgery), see :doc:`/query`.
 
-        The new conditions' columns of the output offset (``condition_offset``) train with the
-        new columns of the condition-injected layers; the reference's stay frozen.
+        The output offset (``condition_offset``) trains like the condition columns of the
+        condition-injected layers: every column may move, and one moves only when the query
+        holds cells of its condition (only the new conditions' when the query holds those alone).
         """
         model = super().load_query_data(adata, reference_model, *args, **kwargs)
-        offset = model.module.condition_offset
-        if offset is not None and not kwargs.get("unfrozen", False):
-            if isinstance(reference_model, str):
-                reference_model = cls.load(reference_model, adata=False)
-            new = torch.zeros_like(offset)
-            new[:, reference_model.module.n_conditions :] = 1.0
-            offset.requires_grad_(True)
-            offset.register_hook(lambda grad: grad * new)
+        if model.module.condition_offset is not None:
+            # scvi-tools freezes every parameter outside its FCLayers' injected columns
+            model.module.condition_offset.requires_grad_(True)
         return model
 
     @classmethod
