@@ -85,6 +85,11 @@ FOLDS = {
 }
 
 
+SETTINGS = (
+    "Settings: default model and `train()` (MMD weight 100, early stopping, a budget of "
+    "2,000 optimiser steps), `n_samples=5` draws per cell for the sampled and calibrated "
+    "readouts; simulated designs of 1,200 cells."
+)
 #: Cells per cell type and condition of the large draw that gives each design's true change.
 TRUTH_CELLS_PER_PAIR = 4000
 
@@ -202,15 +207,16 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def write_report(df: pd.DataFrame, path: Path, settings: str) -> None:
+def write_report(df: pd.DataFrame, path: Path) -> None:
     table = summary(df)
     folds = df.groupby("design", sort=False).group.unique()
     lines = [
         "# MMD ablation",
         "",
-        "Regenerate: `python benchmarks/mmd_ablation.py` (see its docstring for the designs).",
+        "Regenerate: `python benchmarks/mmd_ablation.py` (its docstring describes the designs and "
+        "variants).",
         "",
-        settings,
+        SETTINGS,
         "",
         'Scores of the calibrated readout (`predict(readout="calibrated")`; `kang_normal`: the',
         "mean readout); references use the real cells. `pearson_delta_true`: Pearson r of the",
@@ -253,11 +259,6 @@ def main() -> None:
         if csv.exists()
         else pd.DataFrame(columns=["design", "group", "seed", "method"])
     )
-    settings = (
-        "Settings: default model and `train()` (MMD weight 100, early stopping, a budget of "
-        "2,000 optimiser steps), `n_samples=5` draws per cell for the sampled and calibrated "
-        "readouts; simulated designs of 1,200 cells."
-    )
     for design in args.designs:
         adata, truth = load(design, Path(args.data))
         lognorm = paper_setting(adata) if design == "kang_normal" else None
@@ -296,7 +297,7 @@ def main() -> None:
                 rows.insert(2, "seed", seed)
                 done = pd.concat([done, rows], ignore_index=True)
                 done.to_csv(csv, index=False)
-                write_report(done, args.out / "mmd_ablation.md", settings)
+                write_report(done, args.out / "mmd_ablation.md")
                 print(
                     f"{design} {group} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True
                 )
