@@ -53,7 +53,7 @@ VARIANTS = {
     "reweighted": {"labels_key": "cell_type", "mmd_mode": "reweighted"},
     # the default's global MMD on the batches the label-aware variants train on, stratified by
     # (label, condition): separates what the sampler does from what the MMD variant does
-    "label_batches": {"labels_key": "cell_type"},
+    "label_batches": {"labels_key": "cell_type", "mmd_mode": "global"},
 }
 #: Variants per design: the label-aware ones and the paper's decoder only where they are asked
 #: about (composition, and everywhere for the paper's decoder); Kang's budget goes to seeds.

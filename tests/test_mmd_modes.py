@@ -6,13 +6,14 @@ import pytest
 import sctrvae
 
 
-def test_label_modes_need_registered_labels_and_the_default_stays_global(sim):
+def test_label_modes_need_registered_labels_and_labels_make_the_default_reweighted(sim):
     sctrvae.TRVAEModel.setup_anndata(sim, condition_key="condition")
     assert sctrvae.TRVAEModel(sim).module.mmd_mode == "global"
     with pytest.raises(ValueError, match="labels_key"):
         sctrvae.TRVAEModel(sim, mmd_mode="label")
     sctrvae.TRVAEModel.setup_anndata(sim, condition_key="condition", labels_key="cell_type")
-    assert sctrvae.TRVAEModel(sim).module.mmd_mode == "global"
+    assert sctrvae.TRVAEModel(sim).module.mmd_mode == "reweighted"
+    assert sctrvae.TRVAEModel(sim, mmd_mode="global").module.mmd_mode == "global"
     model = sctrvae.TRVAEModel(sim, mmd_mode="label")
     assert (model.module.mmd_mode, model.module.n_labels) == ("label", 3)
 

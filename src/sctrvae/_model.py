@@ -95,9 +95,11 @@ class TRVAEModel(RNASeqMixin, VAEMixin, ArchesMixin, UnsupervisedTrainingMixin, 
 kernel_bandwidths, kl_weight, condition_offset
         See :class:`~sctrvae.TRVAEModule`. ``condition_offset=False`` is the paper's decoder.
     mmd_mode
-        ``"global"`` (default), ``"label"`` or ``"reweighted"`` (see
-        :class:`~sctrvae.TRVAEModule`); the last two need ``labels_key`` in
-        :meth:`setup_anndata`. The user guide page on the MMD says why the default is global.
+        ``"global"``, ``"label"`` or ``"reweighted"`` (see :class:`~sctrvae.TRVAEModule`); the
+        last two need ``labels_key`` in :meth:`setup_anndata`. Default: ``"reweighted"`` when
+        labels are registered (the conditions are compared at equal label proportions, and a
+        label seen in one condition only, such as a held-out cell type, stays out of the
+        penalty), else ``"global"``. The user guide page on the MMD shows why.
     **module_kwargs
         Further keyword arguments of :class:`~sctrvae.TRVAEModule`.
 
@@ -126,15 +128,15 @@ kernel_bandwidths, kl_weight, condition_offset
         mmd_weight: float = 100.0,
         kernel_bandwidths: str | Sequence[float] = "auto",
         kl_weight: float = 1.0,
-        mmd_mode: MMDMode = "global",
+        mmd_mode: MMDMode | None = None,
         condition_offset: bool = True,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
-        if (
-            mmd_mode != "global"
-            and REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry
-        ):
+        has_labels = REGISTRY_KEYS.LABELS_KEY in self.adata_manager.data_registry
+        if mmd_mode is None:
+            mmd_mode = "reweighted" if has_labels else "global"
+        if mmd_mode != "global" and not has_labels:
             raise ValueError(
                 f"mmd_mode={mmd_mode!r} compares cells of the same label: register them with "
                 "setup_anndata(..., labels_key=...), or use mmd_mode='global'."
@@ -269,11 +271,11 @@ kernel_bandwidths, kl_weight, condition_offset
         layer
             Layer with raw counts; ``None`` uses ``adata.X``.
         labels_key
-            Optional column of ``adata.obs`` with a cell label (e.g. the cell type). It enables
-            the MMD within each label (``TRVAEModel(mmd_mode="label")``) or at equal label
-            proportions (``"reweighted"``), and deals every (label, condition) pair evenly over
-            the minibatches (rare pairs are not resampled). Cells passed to the model later must
-            carry a known label too.
+            Optional column of ``adata.obs`` with a cell label (e.g. the cell type). The MMD
+            then compares the conditions at equal label proportions by default
+            (``TRVAEModel(mmd_mode="reweighted")``; ``"label"``: within each label), and every
+            (label, condition) pair is dealt evenly over the minibatches (rare pairs are not
+            resampled). Cells passed to the model later must carry a known label too.
 
         Notes
         -----
