@@ -50,13 +50,16 @@ def test_label_modes_train_with_a_group_held_out_of_one_condition(sim, mode, dev
     assert np.isfinite(pred.X).all()
 
 
-def test_labels_survive_save_and_load(sim, tmp_path):
+@pytest.mark.parametrize("mmd_mode", ["reweighted", "global"])
+def test_labels_and_the_mode_survive_save_and_load(sim, tmp_path, mmd_mode):
     sctrvae.TRVAEModel.setup_anndata(sim, condition_key="condition", labels_key="cell_type")
-    model = sctrvae.TRVAEModel(sim, n_hidden=16, n_latent=3, mmd_mode="reweighted")
+    model = sctrvae.TRVAEModel(sim, n_hidden=16, n_latent=3, mmd_mode=mmd_mode)
     model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
     model.save(tmp_path / "m")
+    without_data = sctrvae.TRVAEModel.load(tmp_path / "m", adata=False)
+    assert (without_data.module.mmd_mode, without_data.module.n_labels) == (mmd_mode, 3)
     loaded = sctrvae.TRVAEModel.load(tmp_path / "m", adata=sim)
-    assert loaded.module.mmd_mode == "reweighted"
+    assert loaded.module.mmd_mode == mmd_mode
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation()
     )

@@ -133,7 +133,8 @@ kernel_bandwidths, kl_weight, condition_offset
         **module_kwargs,
     ):
         super().__init__(adata, registry)
-        has_labels = REGISTRY_KEYS.LABELS_KEY in self.adata_manager.data_registry
+        # from the summary, which a model loaded without data (adata=False) has too
+        has_labels = "n_labels" in self.summary_stats
         if mmd_mode is None:
             mmd_mode = "reweighted" if has_labels else "global"
         if mmd_mode != "global" and not has_labels:
