@@ -204,7 +204,14 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             for m, s in zip(table[c], spread[c], strict=True)
         ]
     out["n_runs"] = rows.groupby(["design", "method"], sort=False).size()
-    return out.reset_index()
+    out = out.reset_index()
+    # designs in the order the docstring gives them, methods in the order of METHODS
+    order = [[*DESIGNS, "kang", "kang_normal"], METHODS]
+    keys = [
+        out[c].map({v: i for i, v in enumerate(o)})
+        for c, o in zip(["design", "method"], order, strict=True)
+    ]
+    return out.iloc[np.lexsort(keys[::-1])].reset_index(drop=True)
 
 
 def write_report(df: pd.DataFrame, path: Path) -> None:
@@ -235,6 +242,14 @@ def write_report(df: pd.DataFrame, path: Path) -> None:
         "Folds: " + "; ".join(f"{d}: {', '.join(sorted(g))}" for d, g in folds.items()) + ".",
         "",
     ]
+    per_method = df.groupby(["design", "method"], sort=False).group.unique()
+    fewer = [
+        f"{method} on {design}: {', '.join(sorted(g))}"
+        for (design, method), g in per_method.items()
+        if len(g) < len(folds[design])
+    ]
+    if fewer:
+        lines += ["Fewer folds: " + "; ".join(fewer) + ".", ""]
     path.write_text("\n".join(lines))
 
 

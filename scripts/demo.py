@@ -90,7 +90,8 @@ def main() -> None:
         f"({real.n_obs} cells), predicting from {source_cells.n_obs} {source} cells"
     )
 
-    sctrvae.TRVAEModel.setup_anndata(train, condition_key=ck)
+    # with the cell types registered, the MMD compares the conditions at equal type proportions
+    sctrvae.TRVAEModel.setup_anndata(train, condition_key=ck, labels_key=tk)
     model = sctrvae.TRVAEModel(train)
     max_epochs = args.max_epochs or scvi.model._utils.get_max_epochs_heuristic(train.n_obs)
     print(
