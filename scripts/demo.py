@@ -96,7 +96,7 @@ def main() -> None:
     max_epochs = args.max_epochs or scvi.model._utils.get_max_epochs_heuristic(train.n_obs)
     print(
         f"training on {train.n_obs} cells, up to {max_epochs} epochs (early stopping usually "
-        "ends sooner): about 2-3 minutes on 2 CPU cores for the default data; a line every "
+        "ends sooner): under a minute on 2 CPU cores for the default data; a line every "
         "10 epochs",
         flush=True,
     )
