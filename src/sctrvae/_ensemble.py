@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 from scvi import settings
 
-from ._model import Readout, TRVAEModel, write_layer
+from ._model import Readout, TRVAEModel, selected_positions, write_layer
 from ._version import __version__
 
 #: File naming the members of a saved ensemble.
@@ -154,7 +154,8 @@ class TRVAEEnsemble:
             per_cell = pred.layers["log_normalized"].reshape(-1, n_cells, pred.n_vars).mean(0)
         pred.uns["sctrvae_prediction"] = record
         if key_added is not None:
-            _, selected, _ = self.members[0]._prepare(adata, indices, key_added)
+            # the members validated adata and indices already
+            selected = selected_positions(adata.n_obs, indices)
             write_layer(adata, selected, per_cell, key_added, record)
         return pred
 

@@ -474,9 +474,7 @@ kernel_bandwidths, kl_weight, condition_offset
         if adata is not None and adata is not self.adata:
             adata = self._check_new_anndata(adata, key_added)
         adata = self._validate_anndata(adata)
-        selected = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        if selected.dtype == bool:
-            selected = np.flatnonzero(selected)
+        selected = selected_positions(adata.n_obs, indices)
         if selected.size == 0:
             raise ValueError("`indices` is empty: select at least one cell.")
         # cells are computed in increasing order, the order in which scvi-tools reads backed data
@@ -911,6 +909,12 @@ def _steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> i
 def _step_budget(steps_per_epoch: int) -> int:
     """Default ``max_steps``: ``MAX_STEPS``, or one epoch if longer (every cell is seen once)."""
     return max(MAX_STEPS, steps_per_epoch)
+
+
+def selected_positions(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
+    """Positions ``indices`` selects among ``n_obs`` cells (all for ``None``; masks allowed)."""
+    selected = np.arange(n_obs) if indices is None else np.asarray(indices)
+    return np.flatnonzero(selected) if selected.dtype == bool else selected
 
 
 def write_layer(
