@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first and pinned: on CPU-only machines this pin is a CPU wheel
 TORCH ?= torch==2.13.0
+# where pip finds it (e.g. https://download.pytorch.org/whl/cpu on a machine whose default is CUDA)
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 # demo options (defaults: the embedded simulator)
@@ -22,7 +24,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -44,6 +44,12 @@ def trained():
     return model, adata
 
 
+@pytest.fixture
+def trained_copy(trained):
+    """An independent copy of :func:`trained` (model and data) for a test that changes it."""
+    return copy.deepcopy(trained)
+
+
 # deep before/after comparison of an AnnData, for tests that nothing was changed or lost
 
 #: Prefix of the obs columns and uns keys scvi-tools' setup_anndata adds by convention.

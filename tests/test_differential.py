@@ -3,7 +3,7 @@ import pytest
 import scvi
 
 import sctrvae
-from sctrvae._differential import response_scales
+from sctrvae._counterfactual import paired_scales
 
 COLUMNS = [
     "group",
@@ -63,11 +63,11 @@ def test_paired_lfc_spread_is_smaller_than_unpaired(fitted):
     cells = np.flatnonzero(
         (adata.obs.cell_type == "type_0").to_numpy() & (adata.obs.condition == "control").to_numpy()
     )
-    source, target = response_scales(model, adata, cells, 0, 1, n_samples=20)
+    source, target = paired_scales(model.module, model._make_data_loader(adata, cells), 0, 1, 20)
     assert source.shape == target.shape == (20, cells.size, adata.n_vars)
     paired = np.log2(target) - np.log2(source)
     # unpaired: the target decoded from independent draws of z and matched with other cells
-    _, target_again = response_scales(model, adata, cells, 0, 1, n_samples=20)
+    _, target_again = paired_scales(model.module, model._make_data_loader(adata, cells), 0, 1, 20)
     shuffled = target_again[:, np.random.default_rng(0).permutation(cells.size)]
     unpaired = np.log2(shuffled) - np.log2(source)
     paired_sd = paired.reshape(-1, adata.n_vars).std(0)

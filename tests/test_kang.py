@@ -2,12 +2,10 @@
 
 import anndata as ad
 import numpy as np
-import pytest
 
 import sctrvae
 
 
-@pytest.mark.slow
 def test_held_out_cd4t_response_is_predicted(kang_path):
     adata = ad.read_h5ad(kang_path)
     is_cd4t = (adata.obs["cell_type"] == "CD4T").to_numpy()
@@ -26,6 +24,5 @@ def test_held_out_cd4t_response_is_predicted(kang_path):
     scores = sctrvae.metrics.score_prediction(
         pred, real, source, degs=degs, predicted_layer="normalized"
     )
-    print(scores)
     assert scores["pearson_delta_deg"] > 0.8
     assert np.isfinite(list(scores.values())).all()

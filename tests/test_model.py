@@ -1,5 +1,3 @@
-import inspect
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -198,26 +196,3 @@ def test_missing_condition_key():
     adata = sctrvae.datasets.simulate(n_cells=50, n_genes=20, seed=0)
     with pytest.raises(KeyError, match="treatment"):
         TRVAEModel.setup_anndata(adata, condition_key="treatment")
-
-
-@pytest.mark.parametrize(
-    "function",
-    [
-        TRVAEModel.__init__,
-        TRVAEModel.setup_anndata,
-        TRVAEModel.train,
-        TRVAEModel.predict,
-        TRVAEModel.get_latent_representation,
-        sctrvae.TRVAEModule.__init__,
-        sctrvae.datasets.simulate,
-    ],
-)
-def test_no_mutable_default_arguments(function):
-    # trvaep's layer-size lists were defaults shared, and mutated, across instances; defaults
-    # here are immutable (tuples, strings, numbers, None), so no instance can alter another's
-    mutable = {
-        name: parameter.default
-        for name, parameter in inspect.signature(function).parameters.items()
-        if isinstance(parameter.default, list | dict | set | np.ndarray)
-    }
-    assert mutable == {}

@@ -47,6 +47,23 @@ def reference_model(reference, likelihood):
     return model, adata
 
 
+#: Tolerance of float32 outputs recomputed on another CPU: other BLAS kernels sum in another
+#: order, which moves a float32 result by a few ulps (relative 6e-7 measured) per operation; a
+#: few dozen chained operations stay far inside 1e-5. Bugs move outputs by orders more.
+FLOAT32 = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def assert_same_draws(actual, expected):
+    """Counts drawn from rates that moved by a few ulps: equal but for draws at a boundary.
+
+    A gamma-Poisson draw turns into another integer only when its uniform falls within the rate's
+    rounding of a boundary, so at most a few in a thousand may differ, and then by one count.
+    """
+    differ = actual != expected
+    assert differ.mean() <= 0.005, f"{differ.sum()} of {differ.size} draws differ"
+    np.testing.assert_allclose(actual[differ], expected[differ], atol=1)
+
+
 @pytest.mark.parametrize("likelihood", ["nb", "zinb"])
 def test_predictions_are_the_ones_of_the_previous_implementation(reference, likelihood):
     model, adata = reference_model(reference, likelihood)
@@ -55,36 +72,47 @@ def test_predictions_are_the_ones_of_the_previous_implementation(reference, like
     kwargs = {"target_condition": "stimulated", "batch_size": 16}  # several batches
 
     mean = model.predict(**kwargs)
-    np.testing.assert_array_equal(mean.X, ref["mean/X"])
-    np.testing.assert_array_equal(mean.layers["normalized"], ref["mean/normalized"])
+    np.testing.assert_allclose(mean.X, ref["mean/X"], **FLOAT32)
+    np.testing.assert_allclose(mean.layers["normalized"], ref["mean/normalized"], **FLOAT32)
     fixed = model.predict(library_size=1e4, **kwargs)
-    np.testing.assert_array_equal(fixed.X, ref["mean_lib/X"])
+    np.testing.assert_allclose(fixed.X, ref["mean_lib/X"], **FLOAT32)
 
     torch.manual_seed(11)
     sampled = model.predict(indices=control, readout="sampled", n_samples=3, **kwargs)
-    np.testing.assert_array_equal(sampled.X, ref["sampled3/X"])
-    np.testing.assert_array_equal(sampled.layers["normalized"], ref["sampled3/normalized"])
+    assert_same_draws(sampled.X, ref["sampled3/X"])
+    np.testing.assert_allclose(sampled.layers["normalized"], ref["sampled3/normalized"], **FLOAT32)
 
     torch.manual_seed(13)
     calibrated = model.predict(indices=control, readout="calibrated", n_samples=3, **kwargs)
-    np.testing.assert_array_equal(calibrated.X, ref["calibrated/X"])
-    np.testing.assert_array_equal(
-        calibrated.layers["log_normalized"], ref["calibrated/log_normalized"]
+    assert_same_draws(calibrated.X, ref["calibrated/X"])
+    # log-normalised draws: a count that moved by one moves its cell's values; the rest match
+    close = np.isclose(
+        calibrated.layers["log_normalized"], ref["calibrated/log_normalized"], rtol=1e-5, atol=1e-5
     )
+    assert close.mean() >= 0.99
     torch.manual_seed(14)
     grouped = model.predict(
         indices=control, readout="calibrated", n_samples=3, groupby="cell_type", **kwargs
     )
-    np.testing.assert_array_equal(
-        grouped.layers["log_normalized"], ref["calibrated_group/log_normalized"]
+    close = np.isclose(
+        grouped.layers["log_normalized"],
+        ref["calibrated_group/log_normalized"],
+        rtol=1e-5,
+        atol=1e-5,
     )
+    assert close.mean() >= 0.99
     table = grouped.uns["sctrvae_calibration"]
-    np.testing.assert_array_equal(
-        table.loc[sorted(table.index)].to_numpy(), ref["calibrated_group/corrections"]
+    np.testing.assert_allclose(
+        table.loc[sorted(table.index)].to_numpy(),
+        ref["calibrated_group/corrections"],
+        rtol=1e-4,
+        atol=1e-4,
     )
 
-    np.testing.assert_array_equal(model.get_latent_representation(), ref["z"])
-    np.testing.assert_array_equal(model.get_latent_representation(representation="y"), ref["y"])
+    np.testing.assert_allclose(model.get_latent_representation(), ref["z"], **FLOAT32)
+    np.testing.assert_allclose(
+        model.get_latent_representation(representation="y"), ref["y"], **FLOAT32
+    )
 
 
 @pytest.mark.parametrize("readout", ["mean", "sampled", "calibrated"])

@@ -12,14 +12,9 @@ from scvi.train import TrainingPlan
 
 import sctrvae
 from sctrvae import TRVAEModel, _threads
-from sctrvae._model import (
-    KL_WARMUP_STEPS,
-    MAX_STEPS,
-    PATIENCE_STEPS,
-    _step_budget,
-    _steps_per_epoch,
-)
+from sctrvae._constants import KL_WARMUP_STEPS, MAX_STEPS
 from sctrvae._training_plan import TRVAETrainingPlan
+from sctrvae._training_settings import step_budget, steps_per_epoch
 
 
 class PlainAdamPlan(TRVAETrainingPlan):
@@ -85,28 +80,28 @@ def test_default_budget_is_in_optimiser_steps(sim):
     TRVAEModel.setup_anndata(sim, condition_key="condition")
     model = TRVAEModel(sim, n_hidden=16, n_latent=3)
     model.train(batch_size=64, max_steps=12, enable_progress_bar=False)
-    steps_per_epoch = _steps_per_epoch(sim.n_obs, None, 64)
-    assert steps_per_epoch == math.ceil(math.ceil(0.9 * 600) / 64) == 9
+    epoch_steps = steps_per_epoch(sim.n_obs, None, 64)
+    assert epoch_steps == math.ceil(math.ceil(0.9 * 600) / 64) == 9
     trainer = model.trainer
-    assert trainer.max_epochs == math.ceil(12 / steps_per_epoch) == 2  # from the step budget
+    assert trainer.max_epochs == math.ceil(12 / epoch_steps) == 2  # from the step budget
     assert trainer.global_step == 12  # the step budget, not the epochs, ended the run
     plan = trainer.lightning_module
     assert plan.n_steps_kl_warmup == 12
     assert plan.n_epochs_kl_warmup is None
     stopping = trainer.early_stopping_callback
-    assert stopping.patience == math.ceil(PATIENCE_STEPS / steps_per_epoch)
+    assert stopping.patience == 17  # 150 steps of 9 a epoch
 
 
 def test_default_budget_scales_with_the_data():
     # small data: the step budget is many epochs; large data: one epoch, every cell seen once
-    kang, medium, large = (_steps_per_epoch(n, None, 128) for n in (1975, 20_000, 1_000_000))
+    kang, medium, large = (steps_per_epoch(n, None, 128) for n in (1975, 20_000, 1_000_000))
     assert (kang, medium, large) == (14, 141, 7032)
-    assert [_step_budget(s) for s in (kang, medium, large)] == [MAX_STEPS, MAX_STEPS, 7032]
-    assert math.ceil(_step_budget(medium) / medium) == 15
-    assert _steps_per_epoch(100, 1.0, 128) == 1
+    assert [step_budget(s) for s in (kang, medium, large)] == [MAX_STEPS, MAX_STEPS, 7032]
+    assert math.ceil(step_budget(medium) / medium) == 15
+    assert steps_per_epoch(100, 1.0, 128) == 1
 
 
-def test_explicit_max_epochs_has_no_step_budget(sim):
+def test_explicit_max_epochs_has_nostep_budget(sim):
     TRVAEModel.setup_anndata(sim, condition_key="condition")
     model = TRVAEModel(sim, n_hidden=16, n_latent=3)
     model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
@@ -219,7 +214,7 @@ def threads_during_training_from_two() -> tuple[set[int], int]:
 def test_train_uses_its_thread_choice_and_restores_the_callers(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(scvi.settings, "_num_threads", None)
-    monkeypatch.setattr(sctrvae._model, "training_threads", lambda reproducible: 1)
+    monkeypatch.setattr(_threads, "training_threads", lambda reproducible: 1)
     assert threads_during_training_from_two() == ({1}, 2)
 
 

@@ -136,13 +136,12 @@ def test_backed_cells_with_zero_counts_are_found(tmp_path, monkeypatch):
     backed.file.close()
 
 
-def test_setup_rejects_a_view_without_touching_it():
-    adata = small()
-    view = adata[:60]
+def test_setup_rejects_a_view_without_touching_it(snapshot, assert_unchanged):
+    view = small()[:60]
+    before = snapshot(view)
     with pytest.raises(ValueError, match=r"view.*adata\[mask\].copy\(\)"):
         TRVAEModel.setup_anndata(view, condition_key="condition")
-    assert view.is_view
-    assert "_scvi_uuid" not in adata.uns
+    assert_unchanged(before, view, scvi_keys=False)
 
 
 def test_predict_on_a_view_leaves_the_view_alone(trained, snapshot, assert_unchanged):

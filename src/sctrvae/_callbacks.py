@@ -1,4 +1,4 @@
-"""Lightning callback that keeps a real copy of the best weights and restores them at the end."""
+"""Lightning callbacks of `train()`: restore the best epoch's weights; stop on a non-finite loss."""
 
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ import anndata as ad
 import numpy as np
 from scvi import settings
 
-from ._model import Readout, TRVAEModel, selected_positions, write_layer
+from ._constants import Representation
+from ._model import TRVAEModel
+from ._utils import log_expression, selected_positions, write_layer
 from ._version import __version__
 
 #: File naming the members of a saved ensemble.
@@ -74,7 +76,7 @@ class TRVAEEnsemble:
         return self.members[0].adata
 
     def __repr__(self) -> str:
-        return f"TRVAEEnsemble of {self.n_models} models: {self.members[0]._model_summary_string}"
+        return f"TRVAEEnsemble of {self.n_models} models: {self.members[0].module.summary}."
 
     def train(self, **train_kwargs) -> None:
         """Train every member with :meth:`TRVAEModel.train` (same arguments).
@@ -97,13 +99,8 @@ class TRVAEEnsemble:
         self,
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | None = None,
-        target_condition: str | None = None,
-        readout: Readout | None = None,
-        n_samples: int | None = None,
-        groupby: str | None = None,
-        library_size: Literal["observed"] | float = "observed",
-        batch_size: int | None = None,
         key_added: str | None = None,
+        **predict_kwargs,
     ) -> ad.AnnData:
         """The members' counterfactual predictions, combined.
 
@@ -117,17 +114,7 @@ class TRVAEEnsemble:
         """
         adata = self.adata if adata is None else adata
         preds = [
-            member.predict(
-                adata,
-                indices=indices,
-                target_condition=target_condition,
-                readout=readout,
-                n_samples=n_samples,
-                groupby=groupby,
-                library_size=library_size,
-                batch_size=batch_size,
-            )
-            for member in self.members
+            member.predict(adata, indices=indices, **predict_kwargs) for member in self.members
         ]
         record = {**preds[0].uns["sctrvae_prediction"], "n_models": self.n_models}
         if record["readout"] == "mean":
@@ -135,7 +122,9 @@ class TRVAEEnsemble:
             pred.X = np.mean([p.X for p in preds], axis=0)
             if "normalized" in pred.layers:
                 pred.layers["normalized"] = np.mean([p.layers["normalized"] for p in preds], 0)
-            pred.layers["log_normalized"] = self.members[0]._log_expression(pred.X)
+            pred.layers["log_normalized"] = log_expression(
+                pred.X, self.members[0].module.likelihood
+            )
             per_cell = pred.layers["log_normalized"]
         else:
             n_draws = record["n_samples"]
@@ -164,7 +153,7 @@ class TRVAEEnsemble:
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | None = None,
         give_mean: bool = True,
-        representation: Literal["z", "y"] = "z",
+        representation: Representation = "z",
         key_added: str | None = None,
         batch_size: int | None = None,
     ) -> np.ndarray:

@@ -7,9 +7,10 @@ empirical mean embeddings, hence never negative, unlike the unbiased U-statistic
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
+
+from ._constants import MMD_MODES, MMDMode
 
 #: Multipliers of the median squared distance used by ``bandwidths="auto"``: seven scales, two
 #: octaves either side of the median heuristic, so the kernel sees both local and global shifts.
@@ -93,7 +94,16 @@ def mmd(
     return pairwise_condition_mmd(torch.cat([x, y]), codes, bandwidths, n_conditions=2)
 
 
-MMDMode = Literal["global", "label", "reweighted"]
+def check_mmd_mode(mode: str, has_labels: bool) -> None:
+    """Raise unless ``mode`` is an MMD mode that the registered data can serve."""
+    if mode not in MMD_MODES:
+        raise ValueError(f"mmd_mode must be one of {list(MMD_MODES)}, got {mode!r}.")
+    if mode != "global" and not has_labels:
+        raise ValueError(
+            f"mmd_mode={mode!r} compares cells of the same label and needs the label of every "
+            "cell: register them with setup_anndata(..., labels_key=...), or use "
+            "mmd_mode='global'."
+        )
 
 
 def pairwise_condition_mmd(
@@ -146,8 +156,7 @@ def pairwise_condition_mmd(
     -------
     A 0-d tensor; zero when no pair (block) has ``min_cells`` cells on both sides.
     """
-    if mode not in ("global", "label", "reweighted"):
-        raise ValueError(f"mode must be 'global', 'label' or 'reweighted', got {mode!r}.")
+    check_mmd_mode(mode, has_labels=mode == "global" or labels is not None)
     condition = condition.reshape(-1).long()
     n_conditions = n_conditions or int(condition.max()) + 1
     one_hot = torch.nn.functional.one_hot(condition, n_conditions).to(y.dtype)
@@ -156,8 +165,6 @@ def pairwise_condition_mmd(
         counts = one_hot.sum(0)
         valid = (counts[i] >= min_cells) & (counts[j] >= min_cells)
         return _block_mmd(y, one_hot, i, j, valid, bandwidths)
-    if labels is None:
-        raise ValueError(f"mode={mode!r} needs the label of every cell.")
     labels = labels.reshape(-1).long()
     n_labels = n_labels or int(labels.max()) + 1
     # (cells, labels, conditions) membership and its counts

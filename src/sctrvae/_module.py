@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from scvi import REGISTRY_KEYS
@@ -15,11 +14,9 @@ from scvi.nn import Encoder, FCLayers
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from ._constants import Dispersion, Likelihood, MMDMode
 from ._distributions import SparseNegativeBinomial
-from ._mmd import MMDMode, pairwise_condition_mmd
-
-Likelihood = Literal["nb", "zinb", "normal"]
-Dispersion = Literal["gene", "gene-condition"]
+from ._mmd import check_mmd_mode, pairwise_condition_mmd
 
 
 class TRVAEModule(BaseModuleClass):
@@ -101,15 +98,17 @@ class TRVAEModule(BaseModuleClass):
             raise ValueError(f"dispersion must be 'gene' or 'gene-condition', got {dispersion!r}.")
         if n_layers < 1:
             raise ValueError("n_layers must be at least 1.")
-        if mmd_mode not in ("global", "label", "reweighted"):
+        check_mmd_mode(mmd_mode, has_labels=n_labels > 0)
+        if n_conditions < 2 and mmd_weight > 0:
             raise ValueError(
-                f"mmd_mode must be 'global', 'label' or 'reweighted', got {mmd_mode!r}."
+                f"The condition column has {n_conditions} category; the MMD needs at least two "
+                "conditions (or set mmd_weight=0 for a plain VAE)."
             )
-        if mmd_mode != "global" and n_labels < 1:
-            raise ValueError(f"mmd_mode={mmd_mode!r} needs labels (n_labels >= 1).")
         self.n_input = n_input
         self.n_conditions = n_conditions
         self.n_latent = n_latent
+        self.n_hidden = n_hidden
+        self.n_layers = n_layers
         self.likelihood = likelihood
         self.dispersion = dispersion
         self.mmd_weight = mmd_weight
@@ -168,6 +167,17 @@ class TRVAEModule(BaseModuleClass):
             state_dict[key] = torch.zeros_like(self.condition_offset)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @property
+    def summary(self) -> str:
+        """The architecture and the MMD settings in one line."""
+        return (
+            f"{self.n_conditions} conditions, n_latent={self.n_latent}, n_hidden={self.n_hidden}, "
+            f"n_layers={self.n_layers}, likelihood={self.likelihood}, "
+            f"dispersion={self.dispersion}, mmd_weight={self.mmd_weight}, "
+            f"mmd_mode={self.mmd_mode}, kernel_bandwidths={self.kernel_bandwidths}, "
+            f"condition_offset={self.condition_offset is not None}"
+        )
+
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY], "condition": tensors[REGISTRY_KEYS.BATCH_KEY]}
 
@@ -206,6 +216,11 @@ class TRVAEModule(BaseModuleClass):
         return {"qz": qz, "z": z, "library": x.sum(-1, keepdim=True)}
 
     @auto_move_data
+    def decoder_layer(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``y = g1(z, s)``: the first decoder layer, where the MMD compares the conditions."""
+        return self.g1(z, condition)
+
+    @auto_move_data
     def generative(
         self,
         z: torch.Tensor,
@@ -221,7 +236,7 @@ class TRVAEModule(BaseModuleClass):
         """
         if transform_batch is not None:
             condition = torch.full_like(condition, transform_batch)
-        y = self.g1(z, condition)
+        y = self.decoder_layer(z, condition)
         h = self.g2(y)
         mean = self.mean_head(h)
         if self.condition_offset is not None:

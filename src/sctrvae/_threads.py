@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Whether torch's OpenMP threads sleep when idle: libgomp reads ``OMP_WAIT_POLICY`` once, when
@@ -63,3 +65,35 @@ def training_threads(reproducible: bool = False) -> int:
     except (OSError, ValueError, IndexError):
         running = 1
     return max(1, min(cpus, cpus - (running - 1)))
+
+
+def requested_threads() -> int | None:
+    """Torch threads the user asked for: ``scvi.settings.num_threads``, else ``OMP_NUM_THREADS``."""
+    from scvi import settings  # loads torch: not at import time (see OMP_WAIT_POLICY above)
+
+    if settings.num_threads is not None:
+        return settings.num_threads
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+    except (KeyError, ValueError):
+        return None
+
+
+@contextmanager
+def training_thread_scope(reproducible: bool = False) -> Iterator[int]:
+    """Run the block with :func:`requested_threads`, else :func:`training_threads`; restore after.
+
+    Applied anew at every ``train()``: numba (scanpy's parallel functions) shares torch's OpenMP
+    runtime and sets its thread count to every core whenever it runs, so a count set once at the
+    start of a session does not hold after the first scanpy call. The caller's count is restored
+    afterwards, so the user's own torch code keeps its thread count.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    threads = requested_threads() or training_threads(reproducible)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

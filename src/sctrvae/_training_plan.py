@@ -85,7 +85,7 @@ class TRVAETrainingPlan(TrainingPlan):
             z = inference_outputs["qz"].loc  # the posterior mean, as get_latent_representation
             self._representations.append(
                 {
-                    "y": self.module.g1(z, condition),
+                    "y": self.module.decoder_layer(z, condition),
                     "z": z,
                     "condition": condition,
                     "labels": torch.zeros_like(condition) if labels is None else labels,

@@ -13,8 +13,8 @@ import pandas as pd
 import scvi
 
 from ._model import TRVAEModel
+from ._utils import pearson
 from .metrics import condition_mixing, log_normalized, score_log_expression, top_degs
-from .metrics._prediction import _pearson
 
 #: Reference rows :func:`leave_one_out` can add to each fold.
 REFERENCES = ("ceiling", "identity", "mean_shift", "cvae")
@@ -214,7 +214,7 @@ def leave_one_out(
             if truth is not None:
                 known = np.isfinite(truth[g])
                 change = (pred.mean(0) - source_lognorm.mean(0))[known]
-                scores["pearson_delta_true"] = _pearson(change, truth[g][known])
+                scores["pearson_delta_true"] = pearson(change, truth[g][known])
             return scores
 
         fold = []

@@ -5,23 +5,11 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import scanpy as sc
-import scipy.sparse as sp
 
-#: Total counts each cell is scaled to before ``log1p``.
-TARGET_SUM = 1e4
+from .._utils import log1p_normalize, pearson
+
 #: Layer of :meth:`~sctrvae.TRVAEModel.predict`'s output with the readout, log-normalised.
 PREDICTION_LAYER = "log_normalized"
-
-
-def log1p_normalize(x: np.ndarray | sp.spmatrix) -> np.ndarray:
-    """Dense float64 ``log1p(x / row total × 1e4)`` of a cells × genes matrix.
-
-    Counts or proportions alike; all-zero rows stay zero.
-    """
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    x = x.astype(np.float64)
-    totals = x.sum(-1, keepdims=True)
-    return np.log1p(x / np.where(totals > 0, totals, 1.0) * TARGET_SUM)
 
 
 def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
@@ -62,12 +50,6 @@ def prediction_expression(
         return log1p_normalize(values)
     values = np.asarray(values, dtype=np.float64)
     return values[~np.isnan(values).all(1)]
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a**2).sum() * (b**2).sum())
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
 def top_degs(real_target: ad.AnnData, real_source: ad.AnnData, n_genes: int = 100) -> np.ndarray:
@@ -140,7 +122,7 @@ def score_log_expression(
     for name, genes in (("all", slice(None)), ("deg", np.asarray(deg_mask, dtype=bool))):
         pm, rm = predicted.mean(0)[genes], real_target.mean(0)[genes]
         pv, rv = predicted.var(0)[genes], real_target.var(0)[genes]
-        scores[f"r2_mean_{name}"] = _pearson(pm, rm) ** 2
-        scores[f"r2_var_{name}"] = _pearson(pv, rv) ** 2
-        scores[f"pearson_delta_{name}"] = _pearson(pm - source_mean[genes], rm - source_mean[genes])
+        scores[f"r2_mean_{name}"] = pearson(pm, rm) ** 2
+        scores[f"r2_var_{name}"] = pearson(pv, rv) ** 2
+        scores[f"pearson_delta_{name}"] = pearson(pm - source_mean[genes], rm - source_mean[genes])
     return scores

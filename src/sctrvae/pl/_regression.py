@@ -127,54 +127,45 @@ def _reg_plot(
     return ax
 
 
-def reg_mean_plot(
-    predicted: ad.AnnData,
-    real: ad.AnnData | None = None,
-    degs: Sequence[str] | None = None,
-    predicted_layer: str | None = PREDICTION_LAYER,
-    n_labels: int = 5,
-    ax: Axes | None = None,
-    show: bool | None = None,
-    save: str | None = None,
-    *,
-    predicted_is_log: bool | None = None,
-    condition_key: str | None = None,
-    axis_keys: Mapping[str, str] | None = None,
-    gene_list: Sequence[str] | None = None,
-    top_100_genes: Sequence[str] | None = None,
-) -> Axes | None:
-    return _reg_plot("mean", **locals())  # the arguments above, by name
+def _regression_plot(statistic: str, summary: str):
+    """The public plot of ``statistic`` (one signature for both plots)."""
+
+    def plot(
+        predicted: ad.AnnData,
+        real: ad.AnnData | None = None,
+        degs: Sequence[str] | None = None,
+        predicted_layer: str | None = PREDICTION_LAYER,
+        n_labels: int = 5,
+        ax: Axes | None = None,
+        show: bool | None = None,
+        save: str | None = None,
+        *,
+        predicted_is_log: bool | None = None,
+        condition_key: str | None = None,
+        axis_keys: Mapping[str, str] | None = None,
+        gene_list: Sequence[str] | None = None,
+        top_100_genes: Sequence[str] | None = None,
+    ) -> Axes | None:
+        # the arguments above, by name (locals() also holds the closure's statistic)
+        arguments = {k: v for k, v in locals().items() if k != "statistic"}
+        return _reg_plot(statistic, **arguments)
+
+    plot.__doc__ = summary + _PARAMETERS
+    return plot
 
 
-def reg_var_plot(
-    predicted: ad.AnnData,
-    real: ad.AnnData | None = None,
-    degs: Sequence[str] | None = None,
-    predicted_layer: str | None = PREDICTION_LAYER,
-    n_labels: int = 5,
-    ax: Axes | None = None,
-    show: bool | None = None,
-    save: str | None = None,
-    *,
-    predicted_is_log: bool | None = None,
-    condition_key: str | None = None,
-    axis_keys: Mapping[str, str] | None = None,
-    gene_list: Sequence[str] | None = None,
-    top_100_genes: Sequence[str] | None = None,
-) -> Axes | None:
-    return _reg_plot("variance", **locals())  # the arguments above, by name
-
-
-reg_mean_plot.__doc__ = (
+reg_mean_plot = _regression_plot(
+    "mean",
     """Scatter of per-gene means, predicted vs real, in log-normalised space.
-"""
-    + _PARAMETERS
+""",
 )
-reg_var_plot.__doc__ = (
+reg_mean_plot.__name__ = reg_mean_plot.__qualname__ = "reg_mean_plot"
+reg_var_plot = _regression_plot(
+    "variance",
     """Scatter of per-gene variances, predicted vs real, in log-normalised space.
 
     Variances are realistic for sampled readouts (``predict(readout="sampled")`` or
     ``"calibrated"``), not for the deterministic mean.
-"""
-    + _PARAMETERS
+""",
 )
+reg_var_plot.__name__ = reg_var_plot.__qualname__ = "reg_var_plot"

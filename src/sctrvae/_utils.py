@@ -1,0 +1,75 @@
+"""Small array and AnnData helpers shared by the model, the ensemble, metrics and benchmarks.
+
+A leaf module: it imports nothing of sctrvae and no scanpy, so every other module can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scvi import REGISTRY_KEYS
+
+#: Total counts each cell is scaled to before ``log1p``.
+TARGET_SUM = 1e4
+
+
+def log1p_normalize(x: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Dense float64 ``log1p(x / row total × 1e4)`` of a cells × genes matrix.
+
+    Counts or proportions alike; all-zero rows stay zero.
+    """
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    x = x.astype(np.float64)
+    totals = x.sum(-1, keepdims=True)
+    return np.log1p(x / np.where(totals > 0, totals, 1.0) * TARGET_SUM)
+
+
+def log_expression(values: np.ndarray, likelihood: str) -> np.ndarray:
+    """Predicted values (cells × genes, any leading axes) as float32 log-normalised expression.
+
+    A Gaussian model's (``likelihood="normal"``) values are log-normalised already.
+    """
+    if likelihood == "normal":
+        return values.astype(np.float32)
+    return log1p_normalize(values.reshape(-1, values.shape[-1])).astype(np.float32)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two vectors; 0 when either is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a**2).sum() * (b**2).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def selected_positions(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
+    """Positions ``indices`` selects among ``n_obs`` cells (all for ``None``; masks allowed)."""
+    selected = np.arange(n_obs) if indices is None else np.asarray(indices)
+    return np.flatnonzero(selected) if selected.dtype == bool else selected
+
+
+def write_layer(
+    adata: ad.AnnData, selected: np.ndarray, per_cell: np.ndarray, key_added: str, record: dict
+) -> None:
+    """Write ``per_cell`` to ``adata.layers[key_added]`` (NaN outside ``selected``) and ``record``.
+
+    ``record`` (what was written) goes to ``adata.uns[key_added]``.
+    """
+    written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+    written[selected] = per_cell
+    adata.layers[key_added] = written
+    adata.uns[key_added] = dict(record)
+
+
+def matrix_name(layer: str | None) -> str:
+    """How the count matrix in ``layer`` (``None``: ``X``) is spelled in messages."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def registry_var_names(registry: dict) -> pd.Index:
+    """Training genes stored by scvi-tools in a (saved) registry."""
+    field = registry["field_registries"][REGISTRY_KEYS.X_KEY]
+    return pd.Index(np.asarray(field["state_registry"]["column_names"]).astype(str))

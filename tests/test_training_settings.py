@@ -1,0 +1,91 @@
+"""training_settings(): trVAE's training defaults as a pure function, without training."""
+
+import copy
+import inspect
+
+import pytest
+
+from sctrvae import TRVAEModel
+from sctrvae._constants import DEFAULT_LR, KL_WARMUP_STEPS, MAX_STEPS
+from sctrvae._training_settings import training_settings
+
+#: train()'s own defaults, read from its signature
+TRAIN_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(TRVAEModel.train).parameters.items()
+    if name in inspect.signature(training_settings).parameters
+}
+# Kang's size: ceil(0.9 * 1975) = 1778 training cells, 14 steps of 128 per epoch
+KANG = {**TRAIN_DEFAULTS, "n_obs": 1975, "trainer_kwargs": None}
+
+
+def test_defaults_are_sized_in_optimiser_steps():
+    run = training_settings(**KANG)
+    assert run.trainer_kwargs["max_steps"] == MAX_STEPS
+    assert run.max_epochs == 143  # 2000 steps of 14 a epoch
+    assert run.plan_kwargs == {
+        "lr": DEFAULT_LR,
+        "n_steps_kl_warmup": KL_WARMUP_STEPS,
+        "n_epochs_kl_warmup": None,
+    }
+    assert run.early_stopping
+    assert run.restore_best
+    assert not run.no_validation
+    assert run.trainer_kwargs["early_stopping_patience"] == 11  # 150 steps
+    assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 11  # 150 steps
+    assert run.trainer_kwargs["early_stopping_monitor"] == "validation_loss"
+    assert run.datasplitter_kwargs == {"min_cells_per_condition": 8}
+
+
+def test_the_users_values_win_and_are_not_modified():
+    plan = {"lr": 1e-4, "n_epochs_kl_warmup": 3}
+    trainer = {"max_steps": 50, "early_stopping_patience": 7, "gradient_clip_val": 1.0}
+    splitter = {"min_cells_per_condition": 2, "device_resident": True}
+    given = copy.deepcopy((plan, trainer, splitter))
+    run = training_settings(
+        **{**KANG, "plan_kwargs": plan, "trainer_kwargs": trainer, "datasplitter_kwargs": splitter}
+    )
+    assert (plan, trainer, splitter) == given
+    assert run.plan_kwargs == {"lr": 1e-4, "n_epochs_kl_warmup": 3}
+    assert run.trainer_kwargs["early_stopping_patience"] == 7
+    assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 3
+    assert run.trainer_kwargs["gradient_clip_val"] == 1.0
+    assert run.max_epochs == 4
+    assert run.datasplitter_kwargs == splitter
+
+
+def test_warmup_never_outlasts_a_short_run():
+    run = training_settings(**{**KANG, "max_epochs": 2})
+    assert "max_steps" not in run.trainer_kwargs
+    assert run.plan_kwargs["n_steps_kl_warmup"] == 2 * 14
+    run = training_settings(**{**KANG, "trainer_kwargs": {"max_steps": 20}})
+    assert run.plan_kwargs["n_steps_kl_warmup"] == 20
+
+
+def test_one_epoch_when_the_data_outgrow_the_step_budget():
+    run = training_settings(**{**KANG, "n_obs": 1_000_000})
+    assert run.trainer_kwargs["max_steps"] == 7032  # one epoch of 900,000 training cells
+    assert run.max_epochs == 1
+    assert run.trainer_kwargs["early_stopping_patience"] == 2  # at least two epochs
+
+
+@pytest.mark.parametrize(
+    "split", [{"train_size": 1.0}, {"validation_size": 0.0}, {"train_size": 0.9999}]
+)
+def test_without_validation_cells_there_is_no_early_stopping(split):
+    run = training_settings(**{**KANG, "n_obs": 100, "batch_size": 32, **split})
+    assert run.no_validation
+    assert not run.early_stopping
+    assert not run.restore_best
+    assert "early_stopping_monitor" not in run.trainer_kwargs
+
+
+def test_under_ddp_our_sampler_shards_and_nothing_restores_weights():
+    run = training_settings(
+        **{**KANG, "trainer_kwargs": {"strategy": "ddp_find_unused_parameters_true"}}
+    )
+    assert run.trainer_kwargs["use_distributed_sampler"] is False
+    assert not run.restore_best
+    assert not run.no_validation
+    assert "early_stopping_patience" not in run.trainer_kwargs
+    assert "use_distributed_sampler" not in training_settings(**KANG).trainer_kwargs
