@@ -16,6 +16,7 @@ import torch
 
 import sctrvae
 from sctrvae import TRVAEModel
+from sctrvae._counterfactual import decode_counterfactual, prediction_anndata
 from sctrvae.metrics import log1p_normalize
 
 REFERENCE = Path(__file__).parent / "data" / "predict_reference.npz"
@@ -254,3 +255,51 @@ def test_a_layer_written_by_predict_is_read_as_it_is(trained, tmp_path):
         sctrvae.pl.reg_mean_plot(work, condition_key="condition")
     with pytest.raises(ValueError, match="not both"):
         sctrvae.pl.reg_mean_plot(pred, real, degs=degs, top_100_genes=degs)
+
+
+def test_decode_counterfactual_fills_one_row_per_cell_and_draw(trained):
+    model, adata = trained
+    cells = np.arange(70)  # two minibatches of 64
+    loader = model._make_data_loader(adata, indices=cells, batch_size=64)
+    mean = decode_counterfactual(model.module, loader, cells.size, target=1, n_samples=0)
+    assert set(mean) == {"expression", "normalized"}
+    assert mean["expression"].shape == (70, adata.n_vars)
+    np.testing.assert_allclose(mean["normalized"].sum(1), 1.0, rtol=1e-5)
+    loader = model._make_data_loader(adata, indices=cells, batch_size=64)
+    drawn = decode_counterfactual(
+        model.module,
+        loader,
+        cells.size,
+        1,
+        n_samples=3,
+        library_size=500.0,
+        with_reconstruction=True,
+    )
+    assert drawn["expression"].shape == drawn["reconstruction"].shape == (3, 70, adata.n_vars)
+    np.testing.assert_array_equal(drawn["observed"], adata.X[:70].toarray())
+    # every draw at the fixed depth: its counts scatter around 500 per cell
+    assert 400 < drawn["expression"].sum(-1).mean() < 600
+
+
+def test_prediction_anndata_stacks_draws_and_sets_the_target():
+    obs = pd.DataFrame(
+        {"cell_type": ["a", "b"], "condition": ["control", "control"], "_scvi_batch": [0, 0]},
+        index=["c0", "c1"],
+    )
+    var = pd.DataFrame(index=["g0", "g1", "g2"])
+    arrays = {
+        "expression": np.arange(12, dtype=np.float32).reshape(2, 2, 3),
+        "normalized": np.full((2, 2, 3), 1 / 3, dtype=np.float32),
+    }
+    pred = prediction_anndata(
+        obs, var, arrays, "condition", ["control", "stimulated"], "stimulated", n_samples=2
+    )
+    assert list(pred.obs_names) == ["c0-0", "c1-0", "c0-1", "c1-1"]
+    assert list(pred.obs["sctrvae_draw"]) == [0, 0, 1, 1]
+    assert list(pred.obs["cell_type"]) == ["a", "b", "a", "b"]
+    assert (pred.obs["condition"] == "stimulated").all()
+    assert list(pred.obs["condition"].cat.categories) == ["control", "stimulated"]
+    assert "_scvi_batch" not in pred.obs
+    np.testing.assert_array_equal(pred.X[2], [6, 7, 8])  # draw 1 of cell 0
+    assert pred.layers["normalized"].shape == (4, 3)
+    assert list(obs["condition"]) == ["control", "control"]  # the caller's rows untouched
