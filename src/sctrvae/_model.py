@@ -41,6 +41,7 @@ from ._data_splitter import (
 from ._differential import differential_response
 from ._mmd import MMDMode
 from ._module import Dispersion, Likelihood, TRVAEModule
+from ._persistence import check_saved_model, save_model
 from ._threads import training_threads
 from ._training_plan import TRVAETrainingPlan
 from ._validation import (
@@ -222,6 +223,8 @@ kernel_bandwidths, kl_weight, condition_offset
             Keyword arguments of scvi-tools' ``BaseModelClass.load`` (``accelerator``,
             ``device``, ``prefix``, ``backup_url``).
         """
+        if kwargs.get("backup_url") is None:  # else scvi-tools downloads the model file
+            check_saved_model(cls, dir_path, kwargs.get("prefix"))
         saved = os.path.join(dir_path, f"{kwargs.get('prefix') or ''}adata.h5ad")
         if adata is None and kwargs.get("backup_url") is None and not os.path.exists(saved):
             raise ValueError(
@@ -230,6 +233,17 @@ kernel_bandwidths, kl_weight, condition_offset
                 "save with save(path, save_anndata=True)."
             )
         return super().load(dir_path, adata=adata, **kwargs)
+
+    def save(
+        self, dir_path: str, prefix: str | None = None, overwrite: bool = False, **kwargs
+    ) -> None:
+        """scvi-tools' ``BaseModelClass.save``, made atomic.
+
+        The files are written to a temporary directory beside ``dir_path`` and renamed into
+        place when complete: a save that fails or is interrupted leaves an earlier save at
+        ``dir_path`` as it was. Arguments as in scvi-tools (``save_anndata``, ...).
+        """
+        save_model(self, dir_path, prefix=prefix, overwrite=overwrite, **kwargs)
 
     @classmethod
     def load_query_data(
