@@ -6,6 +6,7 @@ import io
 import json
 import threading
 
+import anndata as ad
 import numpy as np
 import pytest
 import scvi
@@ -222,3 +223,74 @@ def test_a_loaded_model_saves_again_in_the_current_format(tmp_path):
     saved = torch.load(tmp_path / "again" / "model.pt", weights_only=False)
     assert saved["attr_dict"]["save_format_"] == sctrvae._persistence.SAVE_FORMAT
     np.testing.assert_array_equal(saved["var_names"], adata.var_names)
+
+
+@pytest.fixture(scope="module")
+def trained_small():
+    scvi.settings.seed = 0
+    adata = sctrvae.datasets.simulate(n_cells=100, n_genes=20, seed=0)
+    TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = TRVAEModel(adata, n_hidden=8, n_latent=2)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    return model, adata
+
+
+def more_cells(adata):
+    return ad.concat([adata, adata[:10]], index_unique="-")
+
+
+def other_genes(adata):
+    other = adata.copy()
+    other.var_names = [f"other_{name}" for name in adata.var_names]
+    return other
+
+
+def other_cells(adata):
+    return adata[::-1].copy()  # the same cells in another order
+
+
+CALLS = {
+    "predict": lambda model, adata: model.predict(adata, target_condition="stimulated"),
+    "latent": lambda model, adata: model.get_latent_representation(adata),
+    "view": lambda model, adata: model.get_latent_representation(adata[:50]),
+}
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "message"),
+    [
+        (more_cells, "its matrix has 110 cells x 20 genes, the AnnData 100 x 20"),
+        (other_genes, r"its var_names differ .* at 20 positions \(first: 'gene_0' is now"),
+        (other_cells, "its obs_names differ from the AnnData's at 100 positions"),
+    ],
+    ids=["more cells", "other genes", "other cells"],
+)
+@pytest.mark.parametrize("call", CALLS)
+def test_a_backed_file_changed_underneath_is_refused(
+    trained_small, tmp_path, rewrite, message, call
+):
+    model, adata = trained_small
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    expected = model.get_latent_representation(adata)
+    np.testing.assert_allclose(model.get_latent_representation(backed), expected, rtol=1e-5)
+    # another process writes a new file under the name; the handle is opened again by name
+    rewrite(adata).write_h5ad(tmp_path / "new.h5ad")
+    (tmp_path / "new.h5ad").replace(path)
+    backed.file.close()
+    with pytest.raises(ValueError, match=f"{path} behind this backed AnnData changed.*{message}"):
+        CALLS[call](model, backed)
+
+
+def test_training_on_a_backed_file_changed_underneath_is_refused(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    sctrvae.datasets.simulate(n_cells=100, n_genes=20, seed=0).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    TRVAEModel.setup_anndata(backed, condition_key="condition")
+    model = TRVAEModel(backed, n_hidden=8, n_latent=2)
+    more_cells(ad.read_h5ad(path)).write_h5ad(tmp_path / "new.h5ad")
+    (tmp_path / "new.h5ad").replace(path)
+    backed.file.close()
+    with pytest.raises(ValueError, match="its matrix has 110 cells"):
+        model.train(max_epochs=1, enable_progress_bar=False)

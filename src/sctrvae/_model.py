@@ -31,6 +31,7 @@ from scvi.model.base import (
 from scvi.utils import setup_anndata_dsp
 from scvi.utils._docstrings import devices_dsp
 
+from ._backed import check_backed_file
 from ._calibration import calibrate_draws
 from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._data_splitter import (
@@ -397,6 +398,7 @@ kernel_bandwidths, kl_weight, condition_offset
         check_condition_sizes(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions
         )
+        check_backed_file(self.adata)
         # the choice holds for this call only: the user's torch code keeps its own thread count
         threads_before = torch.get_num_threads()
         torch.set_num_threads(_thread_setting() or training_threads(settings.seed is not None))
@@ -485,6 +487,7 @@ kernel_bandwidths, kl_weight, condition_offset
                 "The model was loaded without data (load(..., adata=False)): pass adata, or "
                 "save the model with save(path, save_anndata=True) to load its data with it."
             )
+        check_backed_file(self.adata if adata is None else adata)
         if adata is not None and adata is not self.adata:
             adata = self._check_new_anndata(adata, key_added)
         adata = self._validate_anndata(adata)
