@@ -294,3 +294,83 @@ def test_training_on_a_backed_file_changed_underneath_is_refused(tmp_path):
     backed.file.close()
     with pytest.raises(ValueError, match="its matrix has 110 cells"):
         model.train(max_epochs=1, enable_progress_bar=False)
+
+
+def interrupt_after(monkeypatch, module, n_batches):
+    """The module's encoder raises KeyboardInterrupt (Ctrl-C) after ``n_batches`` batches."""
+    inference, calls = module.inference, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > n_batches:
+            raise KeyboardInterrupt
+        return inference(*args, **kwargs)
+
+    monkeypatch.setattr(module, "inference", interrupted)
+    return calls
+
+
+INTERRUPTED_CALLS = {
+    "predict": lambda m, a: m.predict(
+        a, target_condition="stimulated", batch_size=10, key_added="stim"
+    ),
+    "sampled": lambda m, a: m.predict(
+        a, target_condition="stimulated", readout="calibrated", batch_size=10, key_added="stim"
+    ),
+    "latent": lambda m, a: m.get_latent_representation(a, batch_size=10, key_added="stim"),
+    "latent y": lambda m, a: m.get_latent_representation(
+        a, batch_size=10, representation="y", key_added="stim"
+    ),
+    "differential": lambda m, a: m.differential_response(
+        a,
+        groupby="cell_type",
+        source="control",
+        target="stimulated",
+        batch_size=10,
+        key_added="stim",
+    ),
+}
+
+
+@pytest.mark.parametrize("call", INTERRUPTED_CALLS)
+@pytest.mark.parametrize("data", ["new", "earlier result", "the model's"])
+def test_an_interrupted_call_leaves_the_anndata_as_it_was(
+    trained_small, monkeypatch, snapshot, assert_unchanged, call, data
+):
+    model, adata = trained_small
+    if data == "the model's":
+        target = adata  # registered already: only the result could be half-written
+    else:
+        target = sctrvae.datasets.simulate(n_cells=100, n_genes=20, seed=0)
+    if data == "earlier result":
+        INTERRUPTED_CALLS[call](model, target)
+        target.obs = target.obs.drop(columns=[c for c in target.obs if c.startswith("_scvi")])
+        for key in [k for k in target.uns if k.startswith("_scvi")]:
+            del target.uns[key]
+    before = snapshot(target)
+    earlier = {name: dict(getattr(target, name)).get("stim") for name in ("layers", "obsm", "uns")}
+    calls = interrupt_after(monkeypatch, model.module, n_batches=3)
+    with pytest.raises(KeyboardInterrupt):
+        INTERRUPTED_CALLS[call](model, target)
+    assert len(calls) == 4  # interrupted in the loop over batches, not before
+    monkeypatch.undo()
+    # not even scvi-tools' registration of a new AnnData stays
+    assert_unchanged(before, target, scvi_keys=data == "the model's")
+    for name, value in earlier.items():
+        assert dict(getattr(target, name)).get("stim") is value
+    INTERRUPTED_CALLS[call](model, target)  # and the next call works
+
+
+def test_an_interrupted_ensemble_prediction_leaves_the_anndata_as_it_was(
+    monkeypatch, snapshot, assert_unchanged
+):
+    _, adata = small_model(seed=0)
+    ensemble = TRVAEEnsemble(adata, n_models=2, n_hidden=8, n_latent=2)
+    ensemble.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    target = sctrvae.datasets.simulate(n_cells=100, n_genes=20, seed=0)
+    before = snapshot(target)
+    # the first member predicts (and registers target), the second is interrupted
+    interrupt_after(monkeypatch, ensemble.members[1].module, n_batches=3)
+    with pytest.raises(KeyboardInterrupt):
+        ensemble.predict(target, target_condition="stimulated", batch_size=10, key_added="stim")
+    assert_unchanged(before, target, scvi_keys=False)

@@ -13,6 +13,7 @@ from scvi import settings
 
 from ._model import Readout, TRVAEModel, selected_positions, write_layer
 from ._persistence import atomic_directory, manifest_content, read_manifest
+from ._rollback import restores_adata_on_failure
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
@@ -92,6 +93,7 @@ class TRVAEEnsemble:
             if seed is not None:
                 settings.seed = seed
 
+    @restores_adata_on_failure
     def predict(
         self,
         adata: ad.AnnData | None = None,
@@ -158,6 +160,7 @@ class TRVAEEnsemble:
             write_layer(adata, selected, per_cell, key_added, record)
         return pred
 
+    @restores_adata_on_failure
     def get_latent_representation(
         self,
         adata: ad.AnnData | None = None,

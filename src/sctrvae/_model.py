@@ -43,6 +43,7 @@ from ._differential import differential_response
 from ._mmd import MMDMode
 from ._module import Dispersion, Likelihood, TRVAEModule
 from ._persistence import check_saved_model, save_model
+from ._rollback import restores_adata_on_failure
 from ._threads import training_threads
 from ._training_plan import TRVAETrainingPlan
 from ._validation import (
@@ -515,6 +516,7 @@ kernel_bandwidths, kl_weight, condition_offset
         check_expression(matrix, self.module.likelihood, self._x_name)
         return adata
 
+    @restores_adata_on_failure
     @torch.inference_mode()
     def get_latent_representation(
         self,
@@ -609,6 +611,7 @@ kernel_bandwidths, kl_weight, condition_offset
             chunks.append(generative_outputs["y"].cpu().numpy())
         return np.concatenate(chunks)
 
+    @restores_adata_on_failure
     @torch.inference_mode()
     def predict(
         self,
@@ -821,6 +824,7 @@ kernel_bandwidths, kl_weight, condition_offset
             layers=layers,
         )
 
+    @restores_adata_on_failure
     def differential_response(
         self,
         adata: ad.AnnData | None,
