@@ -3,6 +3,7 @@
 # first: sets OMP_WAIT_POLICY before anything below loads torch
 from . import _threads  # noqa: F401, I001
 from . import benchmark, datasets, metrics, pl
+from ._checkpoint import TrainingCheckpoint
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
 from ._device_data import DeviceResidentData
 from ._ensemble import TRVAEEnsemble
@@ -20,6 +21,7 @@ __all__ = [
     "TRVAEEnsemble",
     "TRVAEModel",
     "TRVAEModule",
+    "TrainingCheckpoint",
     "__version__",
     "benchmark",
     "datasets",

@@ -142,6 +142,7 @@ class ConditionBalancedDataSplitter(DataSplitter):
         super().__init__(*args, **kwargs)
         self.device_resident = device_resident
         self._resident: DeviceResidentData | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a checkpoint
         self.data_loader_kwargs.setdefault("seed", shuffle_seed())
         super().setup()
         self.train_idx, self.val_idx, self.test_idx = (
@@ -157,6 +158,31 @@ class ConditionBalancedDataSplitter(DataSplitter):
         self.train_idx, self.val_idx, self.test_idx, self.data_loader_kwargs["seed"] = (
             trainer.strategy.broadcast(drawn, src=0)
         )
+
+    def state_dict(self) -> dict:
+        """The split, the shuffles' seed and the position in the epoch, saved in checkpoints."""
+        trainer = self.trainer
+        # lists, not arrays: Lightning reads checkpoints with torch.load(weights_only=True)
+        return {
+            "train_idx": np.asarray(self.train_idx).tolist(),
+            "val_idx": np.asarray(self.val_idx).tolist(),
+            "test_idx": np.asarray(self.test_idx).tolist(),
+            "seed": self.data_loader_kwargs["seed"],
+            "epoch": trainer.current_epoch,
+            "n_batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume with the checkpoint's split and shuffles, after the batches it had trained on.
+
+        Lightning calls this after :meth:`setup` when training resumes from a checkpoint
+        (``train(ckpt_path=...)``), so a run without ``scvi.settings.seed`` keeps its split too.
+        """
+        self.train_idx, self.val_idx, self.test_idx = (
+            np.asarray(state_dict[k]) for k in ("train_idx", "val_idx", "test_idx")
+        )
+        self.data_loader_kwargs["seed"] = state_dict["seed"]
+        self._resume_at = (state_dict["epoch"], state_dict["n_batches_done"])
 
     def _resident_data(self) -> DeviceResidentData | None:
         """The device copy, made on first use in each training process and shared by loaders."""
@@ -182,7 +208,11 @@ class ConditionBalancedDataSplitter(DataSplitter):
 
     def train_dataloader(self):
         """Condition-balanced, shuffled training batches."""
-        return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
+        loader = self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
+        if self._resume_at is not None:
+            loader.sampler.resume(*self._resume_at)
+            self._resume_at = None
+        return loader
 
     def val_dataloader(self):
         """Condition-balanced validation batches (``None`` without validation cells)."""

@@ -10,12 +10,14 @@ import pandas as pd
 
 from ._counterfactual import paired_scales
 from ._differential import response_table
+from ._rollback import restores_adata_on_failure
 from ._validation import check_not_view
 
 
 class DifferentialResponseMixin:
     """Paired counterfactual log fold changes with scvi-tools' "change"-mode statistics."""
 
+    @restores_adata_on_failure
     def differential_response(
         self,
         adata: ad.AnnData | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,9 @@ from scvi import settings
 
 from ._constants import Representation
 from ._model import TRVAEModel
+from ._persistence import atomic_directory, manifest_content, read_manifest
+from ._rollback import restores_adata_on_failure
 from ._utils import log_expression, selected_positions, write_layer
-from ._version import __version__
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
@@ -95,6 +95,7 @@ class TRVAEEnsemble:
             if seed is not None:
                 settings.seed = seed
 
+    @restores_adata_on_failure
     def predict(
         self,
         adata: ad.AnnData | None = None,
@@ -148,6 +149,7 @@ class TRVAEEnsemble:
             write_layer(adata, selected, per_cell, key_added, record)
         return pred
 
+    @restores_adata_on_failure
     def get_latent_representation(
         self,
         adata: ad.AnnData | None = None,
@@ -184,18 +186,20 @@ class TRVAEEnsemble:
         return result
 
     def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False) -> None:
-        """Save every member under ``dir_path/member_<i>`` (the AnnData once, with the first)."""
+        """Save every member under ``dir_path/member_<i>`` (the AnnData once, with the first).
+
+        Written to a temporary directory beside ``dir_path`` and renamed into place when
+        complete, like :meth:`TRVAEModel.save`.
+        """
         path = Path(dir_path)
         if path.exists() and not overwrite and any(path.iterdir()):
             raise ValueError(f"{dir_path} already exists; pass overwrite=True to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
         names = [f"member_{i}" for i in range(self.n_models)]
-        for i, (name, member) in enumerate(zip(names, self.members, strict=True)):
-            member.save(
-                os.fspath(path / name), overwrite=True, save_anndata=save_anndata and i == 0
-            )
-        manifest = {"members": names, "sctrvae_version": __version__}
-        (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        # as for a model: a save that fails leaves an earlier one whole
+        with atomic_directory(path) as tmp:
+            for i, (name, member) in enumerate(zip(names, self.members, strict=True)):
+                member.save(os.fspath(tmp / name), save_anndata=save_anndata and i == 0)
+            (tmp / MANIFEST).write_text(manifest_content(names))
 
     @classmethod
     def load(
@@ -203,7 +207,7 @@ class TRVAEEnsemble:
     ) -> TRVAEEnsemble:
         """Load an ensemble saved with :meth:`save`; arguments as in :meth:`TRVAEModel.load`."""
         path = Path(dir_path)
-        names = json.loads((path / MANIFEST).read_text())["members"]
+        names = read_manifest(path, MANIFEST)
         first = TRVAEModel.load(os.fspath(path / names[0]), adata=adata, **kwargs)
         rest_adata = first.adata if adata is None else adata
         rest = [

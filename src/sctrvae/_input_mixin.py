@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 
+from ._backed import check_backed_file
 from ._utils import selected_positions
 from ._validation import (
     check_anndata_object,
@@ -40,6 +41,7 @@ class InputMixin:
                 "The model was loaded without data (load(..., adata=False)): pass adata, or "
                 "save the model with save(path, save_anndata=True) to load its data with it."
             )
+        check_backed_file(self.adata if adata is None else adata)
         if adata is not None and adata is not self.adata:
             adata = self._check_new_anndata(adata, key_added)
         adata = self._validate_anndata(adata)

@@ -11,11 +11,13 @@ from scvi import REGISTRY_KEYS
 from scvi.model.base import VAEMixin
 
 from ._constants import Representation
+from ._rollback import restores_adata_on_failure
 
 
 class LatentMixin(VAEMixin):
     """``get_latent_representation`` with ``representation="y"`` and ``key_added``."""
 
+    @restores_adata_on_failure
     @torch.inference_mode()
     def get_latent_representation(
         self,

@@ -23,6 +23,7 @@ from ._differential_mixin import DifferentialResponseMixin
 from ._input_mixin import InputMixin
 from ._latent_mixin import LatentMixin
 from ._module import TRVAEModule
+from ._persistence import check_saved_model, save_model
 from ._prediction_mixin import PredictionMixin
 from ._training_mixin import TrainingMixin
 from ._training_plan import TRVAETrainingPlan
@@ -161,6 +162,8 @@ class TRVAEModel(
             Keyword arguments of scvi-tools' ``BaseModelClass.load`` (``accelerator``,
             ``device``, ``prefix``, ``backup_url``).
         """
+        if kwargs.get("backup_url") is None:  # else scvi-tools downloads the model file
+            check_saved_model(cls, dir_path, kwargs.get("prefix"))
         saved = os.path.join(dir_path, f"{kwargs.get('prefix') or ''}adata.h5ad")
         if adata is None and kwargs.get("backup_url") is None and not os.path.exists(saved):
             raise ValueError(
@@ -169,6 +172,17 @@ class TRVAEModel(
                 "save with save(path, save_anndata=True)."
             )
         return super().load(dir_path, adata=adata, **kwargs)
+
+    def save(
+        self, dir_path: str, prefix: str | None = None, overwrite: bool = False, **kwargs
+    ) -> None:
+        """scvi-tools' ``BaseModelClass.save``, made atomic.
+
+        The files are written to a temporary directory beside ``dir_path`` and renamed into
+        place when complete: a save that fails or is interrupted leaves an earlier save at
+        ``dir_path`` as it was. Arguments as in scvi-tools (``save_anndata``, ...).
+        """
+        save_model(self, dir_path, prefix=prefix, overwrite=overwrite, **kwargs)
 
     @classmethod
     def load_query_data(

@@ -12,6 +12,7 @@ import torch
 from ._calibration import calibrate_draws
 from ._constants import DEFAULT_DRAWS, Readout
 from ._counterfactual import decode_counterfactual, prediction_anndata
+from ._rollback import restores_adata_on_failure
 from ._utils import log_expression, write_layer
 from ._validation import check_indices
 from ._version import __version__
@@ -20,6 +21,7 @@ from ._version import __version__
 class PredictionMixin:
     """Counterfactual prediction with three readouts, optionally written into the user's AnnData."""
 
+    @restores_adata_on_failure
     @torch.inference_mode()
     def predict(
         self,

@@ -76,6 +76,7 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self._skip = 0  # batches of the next epoch already trained on before a resume
         strata = conditions
         if labels is not None:
             labels = np.asarray(labels).reshape(-1)
@@ -93,6 +94,15 @@ class ConditionBalancedSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at each epoch so that shuffles differ between epochs."""
         self.epoch = epoch
+
+    def resume(self, epoch: int, n_batches_done: int) -> None:
+        """Make the next iteration the rest of ``epoch``, after its first ``n_batches_done``.
+
+        An epoch with all batches done resumes at the start of the next one.
+        """
+        self.epoch, self._skip = (
+            (epoch + 1, 0) if n_batches_done >= self.n_batches else (epoch, n_batches_done)
+        )
 
     def __len__(self) -> int:
         return self.n_batches
@@ -125,6 +135,7 @@ class ConditionBalancedSampler(Sampler[list[int]]):
         # dealt round-robin, stratum after stratum: every stratum, and every condition, is spread
         # over the batches to within one cell
         dealt = np.concatenate(self._rank_shares(orders, local))
-        for b in range(self.n_batches):
+        skip, self._skip = self._skip, 0
+        for b in range(skip, self.n_batches):
             # increasing positions: contiguous reads, in the order scvi-tools reads backed data
             yield np.sort(dealt[b :: self.n_batches]).tolist()

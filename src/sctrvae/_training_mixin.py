@@ -8,6 +8,7 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.utils._docstrings import devices_dsp
 
+from ._backed import check_backed_file
 from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 from ._threads import training_thread_scope
 from ._training_settings import training_settings
@@ -83,6 +84,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         check_condition_sizes(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY), self.conditions
         )
+        check_backed_file(self.adata)
         callbacks = trainer_kwargs.pop("callbacks", None) or []
         run = training_settings(
             self.adata.n_obs,
