@@ -11,6 +11,8 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass
 
+from ._covariates import covariate_tensors, with_batch
+
 
 @torch.inference_mode()
 def decode_counterfactual(
@@ -21,6 +23,7 @@ def decode_counterfactual(
     n_samples: int,
     library_size: float | None = None,
     with_reconstruction: bool = False,
+    batch: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode the loader's cells, encoded under their own condition, under condition ``target``.
 
@@ -40,6 +43,9 @@ def decode_counterfactual(
     with_reconstruction
         Also decode the same cells under their own condition (``"reconstruction"``, drawn) and
         return the counts read (``"observed"``), for calibration.
+    batch
+        Decode every cell as this batch (code of the first categorical covariate); ``None``:
+        each cell's own covariates.
 
     Returns
     -------
@@ -59,7 +65,9 @@ def decode_counterfactual(
     for tensors in loader:
         n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
         _, outputs = module.forward(
-            tensors, generative_kwargs={"transform_batch": target}, **forward_kwargs
+            with_batch(tensors, batch),
+            generative_kwargs={"transform_batch": target},
+            **forward_kwargs,
         )
         px = outputs["px"]
         out = {"expression": px.mean if n_samples == 0 else px.sample()}
@@ -128,12 +136,18 @@ def paired_scales(
     module.eval()
     pairs = []
     for tensors in loader:
-        inference = module.inference(tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS.BATCH_KEY])
+        inference = module.inference(**module._get_inference_input(tensors))
         z = inference["qz"].sample((n_samples,))
         condition = torch.ones_like(tensors[REGISTRY_KEYS.BATCH_KEY]).to(z.device)
+        covariates = {
+            k: v.to(z.device) if v is not None else None
+            for k, v in covariate_tensors(tensors).items()
+        }
         pairs.append(
             [
-                module.generative(z, condition * code, inference["library"])["px"].scale.cpu()
+                module.generative(z, condition * code, inference["library"], **covariates)[
+                    "px"
+                ].scale.cpu()
                 for code in (source, target)
             ]
         )

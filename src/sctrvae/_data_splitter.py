@@ -11,6 +11,7 @@ from scvi.data import AnnDataManager
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 from torch.utils.data import DataLoader
 
+from ._covariates import sampler_labels
 from ._device_data import DeviceResidentData, DeviceResidentDataset
 from ._sampler import ConditionBalancedSampler
 
@@ -91,9 +92,7 @@ class ConditionBalancedDataLoader(AnnDataLoader):
             # batches are already on the device: worker processes and pinning have no use
             kwargs.update(num_workers=0, persistent_workers=False, pin_memory=False)
         codes = adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).reshape(-1)[indices]
-        labels = None
-        if REGISTRY_KEYS.LABELS_KEY in adata_manager.data_registry:
-            labels = adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).reshape(-1)[indices]
+        labels = sampler_labels(adata_manager, indices)
         sampler = ConditionBalancedSampler(
             codes,
             batch_size=batch_size,

@@ -44,6 +44,17 @@ class DeviceResidentData:
             labels = adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
             self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1, 1))
             self.labels = self.labels.to(self.device)
+        # covariates, when registered (read by the decoder and the batch-matched MMD)
+        self.covariates = {
+            key: torch.as_tensor(
+                np.asarray(
+                    adata_manager.get_from_registry(key),
+                    dtype=np.int64 if key == REGISTRY_KEYS.CAT_COVS_KEY else np.float32,
+                )
+            ).to(self.device)
+            for key in (REGISTRY_KEYS.CAT_COVS_KEY, REGISTRY_KEYS.CONT_COVS_KEY)
+            if key in adata_manager.data_registry
+        }
         self.host = None
         if sp.issparse(matrix):
             matrix = sp.csr_matrix(matrix)  # no copy for CSR input
@@ -116,4 +127,5 @@ class DeviceResidentDataset(Dataset):
         }
         if self.data.labels is not None:
             tensors[REGISTRY_KEYS.LABELS_KEY] = self.data.labels[rows]
+        tensors.update({key: values[rows] for key, values in self.data.covariates.items()})
         return tensors

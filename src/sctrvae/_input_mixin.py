@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 
 from ._backed import check_backed_file
+from ._covariates import check_covariate_columns, registered_covariates
 from ._utils import selected_positions
 from ._validation import (
     check_anndata_object,
@@ -64,5 +65,9 @@ class InputMixin:
             adata = adata.copy()
         check_var_names(adata.var_names, self.training_var_names)
         check_known_conditions(adata.obs, self.condition_key, self.conditions)
+        categorical, continuous = registered_covariates(self.registry_)
+        check_covariate_columns(
+            adata.obs, self.condition_key, list(categorical), continuous, known=categorical
+        )
         check_expression(self._counts(adata), self.module.likelihood, self._x_name)
         return adata

@@ -106,9 +106,8 @@ class LatentMixin(VAEMixin):
         self.module.eval()
         chunks = []
         for tensors in dataloader:
+            inputs = self.module._get_inference_input(tensors)
+            z = self.module.inference(**inputs, give_mean=give_mean)["z"]
             condition = tensors[REGISTRY_KEYS.BATCH_KEY]
-            z = self.module.inference(tensors[REGISTRY_KEYS.X_KEY], condition, give_mean=give_mean)[
-                "z"
-            ]
             chunks.append(self.module.decoder_layer(z, condition).cpu().numpy())
         return np.concatenate(chunks)

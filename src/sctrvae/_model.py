@@ -18,6 +18,11 @@ from scvi.model.base import ArchesMixin, BaseModelClass, RNASeqMixin
 from scvi.utils import setup_anndata_dsp
 
 from ._constants import MMDMode
+from ._covariates import (
+    categorical_keys,
+    covariate_fields,
+    registered_covariates,
+)
 from ._data_splitter import ConditionBalancedDataSplitter
 from ._differential_mixin import DifferentialResponseMixin
 from ._input_mixin import InputMixin
@@ -25,16 +30,13 @@ from ._latent_mixin import LatentMixin
 from ._module import TRVAEModule
 from ._persistence import check_saved_model, save_model
 from ._prediction_mixin import PredictionMixin
+from ._setup_checks import check_setup_arguments
+from ._surgery import constrain_query_surgery
 from ._training_mixin import TrainingMixin
 from ._training_plan import TRVAETrainingPlan
 from ._utils import matrix_name, registry_var_names
 from ._validation import (
-    check_anndata_object,
-    check_condition_column,
     check_expression,
-    check_finite,
-    check_not_view,
-    check_var_names,
 )
 from ._version import __version__
 
@@ -66,10 +68,11 @@ class TRVAEModel(
         Registry of a saved model, for a model without data.
     mmd_mode
         ``"global"``, ``"label"`` or ``"reweighted"`` (see :class:`~sctrvae.TRVAEModule`); the
-        last two need ``labels_key`` in :meth:`setup_anndata`. Default: ``"reweighted"`` when
-        labels are registered (the conditions are compared at equal label proportions, and a
-        label seen in one condition only, such as a held-out cell type, stays out of the
-        penalty), else ``"global"``. The user guide page on the MMD shows why.
+        last two need ``labels_key`` or ``batch_key`` in :meth:`setup_anndata`. Default:
+        ``"reweighted"`` when labels or a batch are registered (the conditions are compared at
+        equal label (and batch) proportions, and a label or donor seen in one condition only,
+        such as a held-out cell type, stays out of the penalty), else ``"global"``. The user
+        guide page on the MMD shows why.
     **module_kwargs
         Keyword arguments of :class:`~sctrvae.TRVAEModule`, where they and their defaults are
         described: ``n_hidden`` (128), ``n_latent`` (10), ``n_layers`` (2), ``dropout_rate``,
@@ -99,13 +102,18 @@ class TRVAEModel(
         super().__init__(adata, registry)
         # from the summary, which a model loaded without data (adata=False) has too
         n_labels = self.summary_stats.get("n_labels", 0)
+        categorical, continuous = registered_covariates(self.registry_)
+        has_batch = self.registry_["setup_args"].get("batch_key") is not None
         if mmd_mode is None:
-            mmd_mode = "reweighted" if n_labels else "global"
+            mmd_mode = "reweighted" if n_labels or has_batch else "global"
+        module_kwargs.setdefault("mmd_within_batch", has_batch)
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
             n_conditions=self.summary_stats.n_batch,
             mmd_mode=mmd_mode,
             n_labels=n_labels,
+            n_cats_per_cov=[len(c) for c in categorical.values()],
+            n_continuous_cov=len(continuous),
             **module_kwargs,
         )
         if adata is not None:
@@ -197,11 +205,14 @@ class TRVAEModel(
         The output offset (``condition_offset``) trains like the condition columns of the
         condition-injected layers: every column may move, and one moves only when the query
         holds cells of its condition (only the new conditions' when the query holds those alone).
+        A query that adds no condition (e.g. new donors) trains only the columns of its new
+        covariate categories: the reference's conditions and donors keep their weights.
         """
+        reference = reference_model
+        if not isinstance(reference, BaseModelClass):
+            reference = cls.load(reference_model, adata=False)
         model = super().load_query_data(adata, reference_model, *args, **kwargs)
-        if model.module.condition_offset is not None:
-            # scvi-tools freezes every parameter outside its FCLayers' injected columns
-            model.module.condition_offset.requires_grad_(True)
+        constrain_query_surgery(model, reference, unfrozen=kwargs.get("unfrozen", False))
         return model
 
     @classmethod
@@ -212,6 +223,9 @@ class TRVAEModel(
         condition_key: str,
         layer: str | None = None,
         labels_key: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
         **kwargs,
     ) -> None:
         """%(summary)s.
@@ -230,6 +244,17 @@ class TRVAEModel(
             (``TRVAEModel(mmd_mode="reweighted")``; ``"label"``: within each label), and every
             (label, condition) pair is dealt evenly over the minibatches (rare pairs are not
             resampled). Cells passed to the model later must carry a known label too.
+        batch_key
+            Optional column with the donor, patient, lane or batch. The condition holds
+            scvi-tools' batch slot, so this column is registered as the first categorical
+            covariate (``REGISTRY_KEYS.CAT_COVS_KEY``); see ``categorical_covariate_keys``. The
+            MMD then also matches cells by batch (``TRVAEModule(mmd_within_batch=True)``), and
+            ``predict(target_batch=...)`` can decode cells as another batch.
+        categorical_covariate_keys, continuous_covariate_keys
+            Columns of other covariates. Covariates enter the decoder after the MMD layer (and
+            the encoder with ``encode_covariates=True``), never the condition comparison;
+            predictions keep each cell's values. Every cell needs a value (finite, for the
+            continuous ones), and cells passed later a category seen in training.
 
         Notes
         -----
@@ -241,31 +266,24 @@ class TRVAEModel(
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         # validate everything before scvi-tools writes to adata, so a failure changes nothing
-        check_anndata_object(adata, "setup_anndata")
-        check_not_view(adata, "setup_anndata")
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(
-                f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers)}); pass "
-                "the name of the raw-count layer, or layer=None for adata.X."
-            )
-        source_registry = kwargs.get("source_registry")
-        if source_registry is not None:  # load() or a model loaded without data
-            check_var_names(adata.var_names, registry_var_names(source_registry))
-        check_condition_column(adata.obs, condition_key)
-        if labels_key is not None and (
-            labels_key not in adata.obs or adata.obs[labels_key].isna().any()
-        ):
-            raise KeyError(
-                f"labels_key {labels_key!r} must be a column of adata.obs with a label for "
-                "every cell (drop or label the cells with missing values)."
-            )
-        check_finite(adata.X if layer is None else adata.layers[layer], matrix_name(layer))
+        check_setup_arguments(
+            adata,
+            condition_key,
+            layer=layer,
+            labels_key=labels_key,
+            categorical_keys=categorical_keys(batch_key, categorical_covariate_keys),
+            continuous_keys=list(continuous_covariate_keys or []),
+            source_registry=kwargs.get("source_registry"),
+        )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, condition_key),
         ]
         if labels_key is not None:  # registered only when given: the default MMD depends on it
             anndata_fields.append(CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key))
+        anndata_fields += covariate_fields(
+            batch_key, categorical_covariate_keys, continuous_covariate_keys
+        )
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)

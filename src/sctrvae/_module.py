@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -15,17 +14,21 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ._constants import Dispersion, Likelihood, MMDMode
+from ._covariates import covariate_tensors, mmd_strata
 from ._distributions import SparseNegativeBinomial
 from ._mmd import check_mmd_mode, pairwise_condition_mmd
+from ._posterior_sampling import PosteriorSamplingMixin
 
 
-class TRVAEModule(BaseModuleClass):
+class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
     """Transfer VAE (trVAE) on raw counts.
 
-    ``z = f(x, s)`` (encoder), ``y = g1(z, s)`` (first decoder layer), ``x ~ p(x | g2(y) + b_s)``.
+    ``z = f(x, s)`` (encoder), ``y = g1(z, s)`` (first decoder layer),
+    ``x ~ p(x | g2(y, c) + b_s)``.
     The condition ``s`` enters the first layer of the encoder and of the decoder, and, with
     ``condition_offset``, the decoder's output as a per-gene offset ``b_s`` of the log-rates.
-    The MMD between conditions is taken on ``y``.
+    The MMD between conditions is taken on ``y``. Covariates ``c`` (donor, batch, ...) enter
+    the first layer of ``g2``, after ``y``: the MMD layer is not asked to carry them.
 
     Parameters
     ----------
@@ -62,6 +65,17 @@ class TRVAEModule(BaseModuleClass):
         β of the KL term, multiplied by the training plan's warm-up factor.
     use_batch_norm, use_layer_norm
         Normalisation of the hidden layers (``scvi.nn.FCLayers``).
+    n_cats_per_cov
+        Categories of each categorical covariate (the batch first, see ``mmd_within_batch``).
+    n_continuous_cov
+        Number of continuous covariates.
+    encode_covariates
+        Also give the covariates to the encoder (scVI's option of the same name). Default
+        ``False``: ``z`` is then corrected for them by the decoder, which receives them.
+    mmd_within_batch
+        The label-aware MMD modes match cells by (label, batch) instead of label: the conditions
+        are compared within each donor (``"label"``), or at equal donor proportions
+        (``"reweighted"``); a donor seen in one condition only stays out of the penalty.
     condition_offset
         Add a learned offset per gene and condition to the decoder's output (the log-rates
         before the softmax, or the mean of ``"normal"``): a condition's average effect reaches
@@ -90,6 +104,10 @@ class TRVAEModule(BaseModuleClass):
         use_batch_norm: bool = False,
         use_layer_norm: bool = True,
         condition_offset: bool = True,
+        n_cats_per_cov: Sequence[int] | None = None,
+        n_continuous_cov: int = 0,
+        encode_covariates: bool = False,
+        mmd_within_batch: bool = False,
     ):
         super().__init__()
         if likelihood not in ("nb", "zinb", "normal"):
@@ -98,7 +116,10 @@ class TRVAEModule(BaseModuleClass):
             raise ValueError(f"dispersion must be 'gene' or 'gene-condition', got {dispersion!r}.")
         if n_layers < 1:
             raise ValueError("n_layers must be at least 1.")
-        check_mmd_mode(mmd_mode, has_labels=n_labels > 0)
+        n_cats_per_cov = list(n_cats_per_cov or [])
+        if mmd_within_batch and not n_cats_per_cov:
+            raise ValueError("mmd_within_batch needs a batch: setup_anndata(..., batch_key=...).")
+        check_mmd_mode(mmd_mode, has_labels=n_labels > 0 or mmd_within_batch)
         if n_conditions < 2 and mmd_weight > 0:
             raise ValueError(
                 f"The condition column has {n_conditions} category; the MMD needs at least two "
@@ -116,12 +137,18 @@ class TRVAEModule(BaseModuleClass):
         self.mmd_mode = mmd_mode
         self.n_labels = n_labels
         self.kl_weight = kl_weight
+        self.n_cats_per_cov = n_cats_per_cov
+        self.n_continuous_cov = n_continuous_cov
+        self.encode_covariates = encode_covariates
+        self.mmd_within_batch = mmd_within_batch
+        has_covariates = bool(n_cats_per_cov) or n_continuous_cov > 0
+        encoded = n_cats_per_cov if encode_covariates else []
         norm = {"use_batch_norm": use_batch_norm, "use_layer_norm": use_layer_norm}
 
         self.encoder = Encoder(
-            n_input,
+            n_input + (n_continuous_cov if encode_covariates else 0),
             n_latent,
-            n_cat_list=[n_conditions],
+            n_cat_list=[n_conditions, *encoded],
             n_layers=n_layers,
             n_hidden=n_hidden,
             dropout_rate=dropout_rate,
@@ -137,16 +164,20 @@ class TRVAEModule(BaseModuleClass):
             inject_covariates=False,
             **norm,
         )
+        # covariates enter g2's first layer (one layer even when n_layers is 1)
         self.g2 = (
             FCLayers(
                 n_in=n_hidden,
                 n_out=n_hidden,
-                n_layers=n_layers - 1,
+                n_cat_list=n_cats_per_cov,
+                n_cont=n_continuous_cov,
+                n_layers=max(n_layers - 1, 1),
                 n_hidden=n_hidden,
                 dropout_rate=dropout_rate,
+                inject_covariates=False,
                 **norm,
             )
-            if n_layers > 1
+            if n_layers > 1 or has_covariates
             else nn.Identity()
         )
         self.mean_head = nn.Linear(n_hidden, n_input)
@@ -176,10 +207,20 @@ class TRVAEModule(BaseModuleClass):
             f"dispersion={self.dispersion}, mmd_weight={self.mmd_weight}, "
             f"mmd_mode={self.mmd_mode}, kernel_bandwidths={self.kernel_bandwidths}, "
             f"condition_offset={self.condition_offset is not None}"
+            + (
+                f", covariates: {self.n_cats_per_cov} categories, {self.n_continuous_cov} "
+                f"continuous, encode_covariates={self.encode_covariates}"
+                if self.n_cats_per_cov or self.n_continuous_cov
+                else ""
+            )
         )
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY], "condition": tensors[REGISTRY_KEYS.BATCH_KEY]}
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "condition": tensors[REGISTRY_KEYS.BATCH_KEY],
+            **covariate_tensors(tensors),
+        }
 
     def _get_generative_input(
         self,
@@ -195,19 +236,32 @@ class TRVAEModule(BaseModuleClass):
             "z": inference_outputs["z"],
             "condition": tensors[REGISTRY_KEYS.BATCH_KEY],
             "library": library,
+            **covariate_tensors(tensors),
         }
 
     @auto_move_data
     def inference(
-        self, x: torch.Tensor, condition: torch.Tensor, n_samples: int = 1, give_mean: bool = False
+        self,
+        x: torch.Tensor,
+        condition: torch.Tensor,
+        n_samples: int = 1,
+        give_mean: bool = False,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | Normal]:
-        """Posterior q(z | x, s).
+        """Posterior q(z | x, s) (and the covariates, with ``encode_covariates``).
 
         ``z`` is a sample (``n_samples > 1`` adds a leading axis), or the posterior mean with
         ``give_mean`` (deterministic decoding).
         """
         encoder_input = x if self.likelihood == "normal" else torch.log1p(x)
-        qz_m, qz_v, z = self.encoder(encoder_input, condition)
+        encoded = []
+        if self.encode_covariates:
+            if cont_covs is not None:
+                encoder_input = torch.cat([encoder_input, cont_covs], dim=-1)
+            if cat_covs is not None:
+                encoded = torch.split(cat_covs, 1, dim=1)
+        qz_m, qz_v, z = self.encoder(encoder_input, condition, *encoded)
         qz = Normal(qz_m, qz_v.sqrt())
         if give_mean:
             z = qz.loc
@@ -227,17 +281,23 @@ class TRVAEModule(BaseModuleClass):
         condition: torch.Tensor,
         library: torch.Tensor,
         transform_batch: int | None = None,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | torch.distributions.Distribution]:
         """Decode ``z`` under ``condition``; returns ``y`` (the MMD layer) and ``px``.
 
-        ``z`` may carry a leading sample axis; ``condition`` and ``library`` are per cell.
-        ``transform_batch``: decode every cell under this condition code instead (condition
-        transfer; scvi-tools' ``RNASeqMixin`` passes it as for its own VAE).
+        ``z`` may carry a leading sample axis; ``condition``, ``library`` and the covariates are
+        per cell. ``transform_batch``: decode every cell under this condition code instead
+        (condition transfer; scvi-tools' ``RNASeqMixin`` passes it as for its own VAE).
         """
         if transform_batch is not None:
             condition = torch.full_like(condition, transform_batch)
         y = self.decoder_layer(z, condition)
-        h = self.g2(y)
+        if isinstance(self.g2, nn.Identity):
+            h = y
+        else:
+            cats = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
+            h = self.g2(y, *cats, cont=cont_covs)
         mean = self.mean_head(h)
         if self.condition_offset is not None:
             # a one-hot product, not an index: its backward is a matmul, not a 7k-wide scatter
@@ -274,13 +334,19 @@ class TRVAEModule(BaseModuleClass):
         reconstruction = -generative_outputs["px"].log_prob(x).sum(-1)
         qz = inference_outputs["qz"]
         kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
+        labels = tensors.get(REGISTRY_KEYS.LABELS_KEY) if self.mmd_mode != "global" else None
+        n_labels = self.n_labels or None
+        if self.mmd_within_batch and self.mmd_mode != "global":
+            labels, n_labels = mmd_strata(
+                labels, tensors[REGISTRY_KEYS.CAT_COVS_KEY], self.n_labels, self.n_cats_per_cov[0]
+            )
         mmd = pairwise_condition_mmd(
             generative_outputs["y"],
             condition,
             self.kernel_bandwidths,
             n_conditions=self.n_conditions,
-            labels=tensors.get(REGISTRY_KEYS.LABELS_KEY) if self.mmd_mode != "global" else None,
-            n_labels=self.n_labels or None,
+            labels=labels,
+            n_labels=n_labels,
             mode=self.mmd_mode,
         )
         elbo_terms = reconstruction + kl_weight * self.kl_weight * kl
@@ -291,56 +357,3 @@ class TRVAEModule(BaseModuleClass):
             kl_local=kl,
             extra_metrics={"mmd": mmd.detach()},
         )
-
-    @torch.inference_mode()
-    def sample(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_samples: int = 1,
-        generative_kwargs: dict | None = None,
-    ) -> torch.Tensor:
-        """Draws of the posterior predictive ``p(x_hat | x)``: z from q(z | x, s), then x_hat.
-
-        Returns a CPU tensor ``(cells, genes)``, or ``(cells, genes, n_samples)`` (the layout of
-        scvi-tools' ``posterior_predictive_sample``).
-        """
-        _, generative_outputs = self.forward(
-            tensors,
-            inference_kwargs={"n_samples": n_samples},
-            generative_kwargs=generative_kwargs,
-            compute_loss=False,
-        )
-        samples = generative_outputs["px"].sample()
-        return (samples.permute(1, 2, 0) if n_samples > 1 else samples).cpu()
-
-    @torch.inference_mode()
-    def marginal_ll(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_mc_samples: int,
-        return_mean: bool = False,
-        n_mc_samples_per_pass: int = 1,
-    ) -> torch.Tensor | float:
-        """Importance-sampled ``log p(x | s)`` with q(z | x, s) as proposal, per cell.
-
-        ``log mean_k p(x | z_k, s) p(z_k) / q(z_k | x, s)`` over ``n_mc_samples`` draws,
-        ``n_mc_samples_per_pass`` at a time.
-        """
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        n_per_pass = min(n_mc_samples_per_pass, n_mc_samples)
-        log_weights = []
-        for _ in range(-(-n_mc_samples // n_per_pass)):
-            inference_outputs, generative_outputs = self.forward(
-                tensors, inference_kwargs={"n_samples": n_per_pass}, compute_loss=False
-            )
-            qz, px = inference_outputs["qz"], generative_outputs["px"]
-            # (draws, cells, ...) also for a single draw, which inference returns without the axis
-            z = inference_outputs["z"].reshape(-1, *qz.loc.shape)
-            values = x.to(z.device).expand_as(px.scale)
-            log_px_z = px.log_prob(values).sum(-1).reshape(z.shape[:2])
-            log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
-            log_qz = qz.log_prob(z).sum(-1)
-            log_weights.append(log_px_z + log_pz - log_qz)
-        log_weights = torch.cat(log_weights)[:n_mc_samples]
-        log_lik = torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])
-        return log_lik.mean().item() if return_mean else log_lik.cpu()

@@ -12,6 +12,7 @@ import torch
 from ._calibration import calibrate_draws
 from ._constants import DEFAULT_DRAWS, Readout
 from ._counterfactual import decode_counterfactual, prediction_anndata
+from ._covariates import batch_code
 from ._rollback import restores_adata_on_failure
 from ._utils import log_expression, write_layer
 from ._validation import check_indices
@@ -34,6 +35,7 @@ class PredictionMixin:
         library_size: Literal["observed"] | float = "observed",
         batch_size: int | None = None,
         key_added: str | None = None,
+        target_batch: str | None = None,
     ) -> ad.AnnData:
         """Counterfactual expression: encode with each cell's condition, decode with the target.
 
@@ -79,6 +81,9 @@ class PredictionMixin:
             Rows of cells not in ``indices`` are NaN. ``adata.uns[key_added]`` records what was
             written (readout, target condition, n_samples, groupby, library_size, sctrvae
             version). An existing layer of that name is replaced.
+        target_batch
+            Decode every cell as this category of the ``batch_key`` registered at setup (e.g.
+            another donor). Default: each cell keeps its own batch and covariates.
 
         Returns
         -------
@@ -95,6 +100,7 @@ class PredictionMixin:
         if target_condition is None:
             raise ValueError(f"Pass target_condition, one of {self.conditions}.")
         target = self._condition_code(target_condition)
+        batch = None if target_batch is None else batch_code(self.registry_, target_batch)
         if readout is None:
             readout = "sampled" if n_samples else "mean"
         n_samples = self._check_readout(readout, n_samples, groupby, library_size, key_added)
@@ -113,6 +119,7 @@ class PredictionMixin:
             n_samples,
             library_size=None if library_size == "observed" else float(library_size),
             with_reconstruction=readout == "calibrated",
+            batch=batch,
         )
         if not np.array_equal(computed, selected):
             position = np.searchsorted(computed, selected)
@@ -133,6 +140,8 @@ class PredictionMixin:
             "library_size": library_size,
             "sctrvae_version": __version__,
         }
+        if target_batch is not None:
+            record["target_batch"] = str(target_batch)
         if groupby is not None:
             record["groupby"] = groupby
         likelihood = self.module.likelihood

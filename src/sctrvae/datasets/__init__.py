@@ -2,5 +2,6 @@
 
 from ._kang2018 import kang2018
 from ._simulate import simulate
+from ._simulate_donors import simulate_donors
 
-__all__ = ["kang2018", "simulate"]
+__all__ = ["kang2018", "simulate", "simulate_donors"]
