@@ -1,17 +1,21 @@
 """Differential response: the predicted log fold change of each gene between two conditions.
 
 Paired counterfactuals: each group's source-condition cells are encoded once, and every draw of
-``z`` is decoded under both conditions, so the cells' baseline differences cancel in each log
-fold change (on simulated data its spread is about half that of unpaired draws).
+``z`` is decoded under both conditions, so the cells' baseline differences cancel. The estimand
+is the group's population response, the log2 ratio of its mean normalised expressions (what
+``observed_lfc`` measures on real cells). Its uncertainty adds to the spread over draws of ``z``
+what the draws cannot know: how far the model's responses are from the measured ones on the
+groups it saw, and, for a group never measured in the target condition, how much the groups'
+responses differ from one another (the error of transferring a response at all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scvi.model.base._differential import describe_continuous_distrib
+from scipy.stats import norm
 
 #: Default pseudocount, in counts at the median library size of a group's source cells.
 PSEUDOCOUNT_COUNTS = 0.5
@@ -30,36 +34,32 @@ def _observed_lfc(source_counts, target_counts, pseudocounts: float) -> np.ndarr
     )
 
 
-def _group_table(
-    source_scale: np.ndarray,
-    target_scale: np.ndarray,
-    pseudocounts: float,
-    delta: float,
-    credible_level: float,
-) -> dict[str, np.ndarray]:
-    """scvi-tools' "change"-mode statistics of the paired LFC samples (draws x cells, genes)."""
-    n_genes = source_scale.shape[-1]
-    source_scale = source_scale.reshape(-1, n_genes)
-    target_scale = target_scale.reshape(-1, n_genes)
+def _population_lfc(
+    source_scale: np.ndarray, target_scale: np.ndarray, pseudocounts: float
+) -> np.ndarray:
+    """Per draw, the log2 ratio of the cells' mean normalised expressions: (draws, genes)."""
+    return np.log2(target_scale.mean(1) + pseudocounts) - np.log2(
+        source_scale.mean(1) + pseudocounts
+    )
 
-    def lfc(pc: float) -> np.ndarray:
-        return np.log2(target_scale + pc) - np.log2(source_scale + pc)
 
-    samples = lfc(pseudocounts)
-    proba_de = np.mean(samples >= delta, 0) + np.mean(samples < -delta, 0)
-    # scvi-tools describes the LFC with a 1000 times smaller pseudocount than it tests with
-    described = describe_continuous_distrib(lfc(1e-3 * pseudocounts), [credible_level])
-    level = str(credible_level)[:5]
-    return {
-        "lfc_mean": described["mean"],
-        "lfc_median": described["median"],
-        "lfc_std": described["std"],
-        "lfc_lower": described[f"confidence_interval_{level}_min"],
-        "lfc_upper": described[f"confidence_interval_{level}_max"],
-        "proba_de": proba_de,
-        "scale_source": source_scale.mean(0),
-        "scale_target": target_scale.mean(0),
-    }
+def _transfer_variance(observed: dict[str, np.ndarray], model: dict[str, np.ndarray]):
+    """Per gene: the model's misfit on the measured groups, and the groups' spread of response.
+
+    ``misfit``: mean over the measured groups of (model's − measured LFC)². ``spread(g)``: the
+    variance of the other measured groups' LFCs times ``1 + 1/k``, the error of predicting an
+    unmeasured group by their mean (0 with fewer than two).
+    """
+    measured = [g for g in observed if g in model]
+    misfit = np.mean([(model[g] - observed[g]) ** 2 for g in measured], 0) if measured else 0.0
+
+    def spread(g: str) -> np.ndarray | float:
+        others = np.stack([observed[h] for h in observed if h != g]) if observed else None
+        if others is None or len(others) < 2:
+            return 0.0
+        return others.var(0, ddof=1) * (1 + 1 / len(others))
+
+    return misfit, spread
 
 
 def response_table(
@@ -76,6 +76,7 @@ def response_table(
     pseudocounts: float | None = None,
     credible_level: float = 0.95,
     random_state: int | None = 0,
+    weights: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Predicted response of each group and gene to ``target`` vs ``source``, with uncertainty.
 
@@ -83,36 +84,69 @@ def response_table(
     the returned columns are described), for any model: ``decode(cells)`` returns the
     normalised expressions of those cells decoded under ``source`` and under ``target``, each
     ``(draws, cells, genes)``; ``counts`` are the measured counts, ``group`` and ``condition``
-    each cell's group and condition.
+    each cell's group and condition. Every group with ``source`` cells is decoded (the measured
+    ones give the model's misfit), and ``groups`` are returned.
     """
     rng = np.random.default_rng(random_state)
-    tables = []
-    for g in groups:
+    missing = [g for g in groups if not ((group == g) & (condition == source)).any()]
+    if missing:
+        raise ValueError(f"Group {missing[0]!r} has no cells in {source!r} to predict from.")
+    decoded = list(dict.fromkeys([*groups, *np.unique(group[condition == source])]))
+    stats, observed, model = {}, {}, {}
+    for g in decoded:
         source_cells = np.flatnonzero((group == g) & (condition == source))
         target_cells = np.flatnonzero((group == g) & (condition == target))
-        if source_cells.size == 0:
-            raise ValueError(f"Group {g!r} has no cells in {source!r} to predict from.")
         source_counts = counts[source_cells]
         if max_cells is not None and source_cells.size > max_cells:
             source_cells = np.sort(rng.choice(source_cells, max_cells, replace=False))
         source_scale, target_scale = decode(source_cells)
-        group_pseudocounts = pseudocounts
-        if group_pseudocounts is None:
-            library = np.asarray(source_counts.sum(1)).ravel()
-            group_pseudocounts = PSEUDOCOUNT_COUNTS / float(np.median(library))
+        pc = pseudocounts
+        if pc is None:
+            pc = PSEUDOCOUNT_COUNTS / float(np.median(np.asarray(source_counts.sum(1)).ravel()))
+        draws = _population_lfc(source_scale, target_scale, pc)
+        model[g] = draws.mean(0)
+        if target_cells.size:
+            observed[g] = _observed_lfc(source_counts, counts[target_cells], pc)
+        stats[g] = {
+            "draws_var": draws.var(0),
+            "scale_source": source_scale.mean((0, 1)),
+            "scale_target": target_scale.mean((0, 1)),
+            "n_cells": source_cells.size,
+            "n_target_cells": target_cells.size,
+            "pseudocounts": pc,
+        }
+    misfit, spread = _transfer_variance(observed, model)
+    z = norm.ppf(0.5 + credible_level / 2)
+    tables = []
+    for g in groups:
+        others = [observed[h] for h in observed if h != g]
+        shared = np.mean(others, 0) if others else np.full(len(gene_names), np.nan)
+        weight = 1.0 if weights is None or not others else float(weights.get(g, 1.0))
+        mean = model[g] if weight == 1.0 else shared + weight * (model[g] - shared)
+        variance = stats[g]["draws_var"] + misfit + (0.0 if g in observed else spread(g))
+        std = np.sqrt(variance)
+        up, down = norm.sf((delta - mean) / std), norm.cdf((-delta - mean) / std)
         table = pd.DataFrame(
-            _group_table(source_scale, target_scale, group_pseudocounts, delta, credible_level)
+            {
+                "group": g,
+                "gene": np.asarray(gene_names).astype(str),
+                "lfc_mean": mean,
+                "lfc_std": std,
+                "lfc_lower": mean - z * std,
+                "lfc_upper": mean + z * std,
+                "proba_de": up + down,
+                "proba_up": up,
+                "proba_down": down,
+                "lfc_model": model[g],
+                "lfc_shared": shared,
+                "weight": weight,
+                "scale_source": stats[g]["scale_source"],
+                "scale_target": stats[g]["scale_target"],
+                "observed_lfc": observed.get(g, np.nan),
+            }
         )
-        table.insert(0, "gene", np.asarray(gene_names).astype(str))
-        table.insert(0, "group", g)
-        table["observed_lfc"] = (
-            _observed_lfc(source_counts, counts[target_cells], group_pseudocounts)
-            if target_cells.size
-            else np.nan
-        )
-        table["n_cells"] = source_cells.size
-        table["n_target_cells"] = target_cells.size
-        table["pseudocounts"] = group_pseudocounts
+        for key in ("n_cells", "n_target_cells", "pseudocounts"):
+            table[key] = stats[g][key]
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)
     result["group"] = pd.Categorical(result["group"], categories=list(groups))
