@@ -2,5 +2,6 @@
 
 from ._kang2018 import kang2018
 from ._simulate import simulate
+from ._simulate_patients import simulate_patients
 
-__all__ = ["kang2018", "simulate"]
+__all__ = ["kang2018", "simulate", "simulate_patients"]
