@@ -146,7 +146,10 @@ def test_hedge_with_unreliable_donors_returns_the_shared_response(fitted, check)
         model.adata, "patient", "condition", "control", "stimulated"
     )
     shared = changes.mean(0).to_numpy()
-    assert np.corrcoef(hedged, shared)[0, 1] > 0.99
+    model_change = _changes(data, source, "pred")
+    # clipping at 0 moves a few low genes: close to the shared response, far from the model's
+    assert np.corrcoef(hedged, shared)[0, 1] > 0.97
+    assert np.linalg.norm(hedged - shared) < 0.3 * np.linalg.norm(model_change - shared)
     assert np.isnan(data.layers["pred_hedged"][~source]).all()
 
 

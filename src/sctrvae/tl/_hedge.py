@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-from ..metrics import log_normalized
+from ..metrics import log1p_normalize
 from ._similarity import group_changes
 from ._transfer_check import shared_changes
 
@@ -119,7 +119,7 @@ def hedge(
         shares = donor_shares(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
         weights[t] = float((shares * reliability.reindex(shares.index)).sum())
         base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
-        model_change = predicted[cells].mean(0) - log_normalized(counts[cells]).mean(0)
+        model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
         correction = (weights[t] - 1.0) * (model_change - base)
         hedged[cells] = np.clip(predicted[cells] + correction, 0.0, None)
     adata.layers[key_added] = hedged

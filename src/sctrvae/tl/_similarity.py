@@ -23,7 +23,7 @@ def group_changes(
     groups = adata.obs[groupby].astype(str).to_numpy()
     condition = adata.obs[condition_key].astype(str).to_numpy()
     baseline, change = {}, {}
-    for g in pd.unique(groups):
+    for g in adata.obs[groupby].astype("category").cat.categories.astype(str):
         is_source = (groups == g) & (condition == source)
         is_target = (groups == g) & (condition == target)
         if is_source.any() and is_target.any():
