@@ -15,16 +15,22 @@ top-50 DEGs (``pearson_delta_deg``) and the mean expression there (``r2_mean_deg
 - ``model``: the default model, calibrated readout (5 draws per cell);
 - ``mean_shift`` / ``median_shift``: control + mean / gene-wise median of the others' changes;
 - ``nearest_shift``: control + the change of the patient closest at baseline;
-- ``hedge_*``: ``mean shift + w · (model − mean shift)`` with a weight ``w`` per target from the
-  transfer check inside the training data (every other patient ``g`` left out in turn, with
-  ``t``'s stimulated cells absent as well): ``reliability_g`` = share of ``g``'s own response
-  beyond the mean shift that the refit predicted (``sctrvae.tl.transfer_check``); ``shrink_g`` =
-  least-squares shrinkage of the refit's own part (⟨D_real, D_model⟩ / ‖D_model‖², clipped);
-  ``margin_g`` = 1 if the refit beat both shared baselines on ``g``, else 0. ``w`` averages
-  them over ``g`` weighted by ``g``'s share among the 30 nearest neighbours (in the model's
-  ``z``) of ``t``'s control cells among the other patients' control cells (``*_knn``), or
-  uniformly (``*_mean``). ``hedge_half``: ``w = 0.5``; ``oracle``: the best ``w`` in hindsight
-  (a ceiling, not a method).
+- ``hedge``: what ``sctrvae.tl.hedge`` does: ``median shift + w · (model − median shift)``.
+  ``w`` for target ``t`` comes from the transfer check inside the training data (every other
+  patient ``g`` left out in turn, ``t``'s stimulated cells absent as well, as in
+  ``sctrvae.tl.transfer_check`` on the model that predicts ``t``): ``reliability_g`` = 1 if the
+  refit beat the mean shift on ``g`` (Δ-Pearson over ``g``'s DEGs), else 0; ``w`` is their
+  average weighted by ``g``'s share among the 30 nearest neighbours (in the model's ``z``) of
+  ``t``'s control cells among the other patients' control cells. Its 90% interval per gene
+  (``sctrvae.tl.change_se``) is scored by ``coverage90_deg`` / ``coverage90_all``: the fraction
+  of ``t``'s DEGs / of all genes whose real change it covers;
+- variants of the rule (``hedge_<variant>``): ``uniform`` (donors averaged uniformly, not by
+  neighbours), ``mean_base`` (toward the mean shift), ``beats_best`` (reliable only where the
+  refit beat both the mean and the median shift), ``share`` (reliability = the share of ``g``'s
+  own response beyond the mean shift that the refit predicted, ⟨D_real, D_model⟩ / ‖D_real‖²,
+  clipped to [0, 1]; toward the mean shift), ``shrink`` (least-squares shrinkage ⟨D_real,
+  D_model⟩ / ‖D_model‖², clipped; toward the mean shift), ``half`` (``w = 0.5``);
+  ``oracle``: the best ``w`` in hindsight, toward the median shift (a ceiling, not a method).
 
 Every fit's predicted changes and neighbour shares are stored in
 ``benchmarks/results/transfer_fits/<design>_seed<seed>.npz`` as soon as the fit is done; a rerun
@@ -44,10 +50,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scvi
-from sklearn.neighbors import NearestNeighbors
 
 import sctrvae
 from sctrvae.metrics import top_degs
+from sctrvae.tl import change_se, donor_shares
 from sctrvae.tl._transfer_check import (
     donor_reliability,
     predicted_change,
@@ -64,7 +70,6 @@ DESIGNS = {
 }
 GROUP, CONDITION, SOURCE, TARGET = "patient", "condition", "control", "stimulated"
 N_DEGS, N_NEIGHBOURS, N_SAMPLES = 50, 30, 5
-HEDGE_RULES = ("reliability", "shrink", "margin")
 #: Keyword arguments of every fit's ``train()`` (the default budget).
 TRAIN_KWARGS: dict = {}
 
@@ -110,10 +115,8 @@ def fit(design: Design, held_out: tuple[str, ...], seed: int) -> dict[str, np.nd
         z = model.get_latent_representation(adata[is_source].copy())
         labels = adata.obs[GROUP].to_numpy()[is_source]
         others = labels != t
-        nn = NearestNeighbors(n_neighbors=N_NEIGHBOURS).fit(z[others])
-        _, idx = nn.kneighbors(z[labels == t])
-        neighbour_labels = labels[others][idx].ravel()
-        out[f"{t}:shares"] = np.array([(neighbour_labels == g).mean() for g in design.groups])
+        shares = donor_shares(z[labels == t], z[others], labels[others], N_NEIGHBOURS)
+        out[f"{t}:shares"] = shares.reindex(design.groups, fill_value=0.0).to_numpy()
     return out
 
 
@@ -150,8 +153,7 @@ def inner_evidence(design: Design, fits: dict[str, np.ndarray], t: str) -> pd.Da
         pair = "+".join(sorted((t, g), key=design.groups.index))
         model_change = fits[f"{pair}/{g}:change"]
         real = design.changes.loc[g].to_numpy()
-        others = design.changes.drop(index=[t, g])
-        shared = shared_changes(others)
+        shared = shared_changes(design.changes.drop(index=[t, g]))
         mask = design.degs[g]
         source_mean = design.baseline.loc[g].to_numpy()
         scores = {
@@ -163,15 +165,27 @@ def inner_evidence(design: Design, fits: dict[str, np.ndarray], t: str) -> pd.Da
         rows.append(
             {
                 "group": g,
-                "reliability": donor_reliability(model_change, real, shared["mean_shift"], mask),
-                "shrink": float(np.clip(d_real @ d_pred / max(d_pred @ d_pred, 1e-12), 0, 1)),
-                "margin": float(
+                "reliability": donor_reliability(scores),
+                "beats_best": float(
                     scores["model"] > max(scores["mean_shift"], scores["median_shift"])
                 ),
-                "inner_margin": scores["model"] - max(scores["mean_shift"], scores["median_shift"]),
+                "share": float(np.clip(d_real @ d_pred / max(d_real @ d_real, 1e-12), 0, 1)),
+                "shrink": float(np.clip(d_real @ d_pred / max(d_pred @ d_pred, 1e-12), 0, 1)),
+                "changes": {"real": real, "model": model_change, **shared},
             }
         )
     return pd.DataFrame(rows).set_index("group")
+
+
+#: Hedging rules: (reliability column, neighbour-weighted, shared response hedged toward).
+RULES = {
+    "hedge": ("reliability", True, "median_shift"),
+    "hedge_uniform": ("reliability", False, "median_shift"),
+    "hedge_mean_base": ("reliability", True, "mean_shift"),
+    "hedge_beats_best": ("beats_best", True, "median_shift"),
+    "hedge_share": ("share", True, "mean_shift"),
+    "hedge_shrink": ("shrink", True, "mean_shift"),
+}
 
 
 def rows_for(design: Design, seed: int, fits: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -180,28 +194,35 @@ def rows_for(design: Design, seed: int, fits: dict[str, np.ndarray]) -> pd.DataF
         real = design.changes.loc[t].to_numpy()
         source_mean = design.baseline.loc[t].to_numpy()
         mask = design.degs[t]
-        others = design.changes.drop(index=t)
-        shared = shared_changes(others)
+        shared = shared_changes(design.changes.drop(index=t))
         distance = ((design.baseline.drop(index=t) - source_mean) ** 2).sum(1)
         model = fits[f"{t}/{t}:change"]
         shares = pd.Series(fits[f"{t}/{t}:shares"], index=design.groups).drop(index=t)
         evidence = inner_evidence(design, fits, t)
         predictions = {
-            "model": (model, np.nan),
-            **{m: (c, np.nan) for m, c in shared.items()},
-            "nearest_shift": (design.changes.loc[distance.idxmin()].to_numpy(), np.nan),
+            "model": (model, np.nan, None),
+            **{m: (c, np.nan, None) for m, c in shared.items()},
+            "nearest_shift": (design.changes.loc[distance.idxmin()].to_numpy(), np.nan, None),
         }
-        base = shared["mean_shift"]
-        weights = {"hedge_half": 0.5}
-        for rule in HEDGE_RULES:
-            weights[f"hedge_{rule}_knn"] = float(evidence[rule] @ shares[evidence.index])
-            weights[f"hedge_{rule}_mean"] = float(evidence[rule].mean())
+        for name, (column, by_neighbours, base_name) in RULES.items():
+            donors = shares if by_neighbours else pd.Series(1 / len(shares), index=shares.index)
+            w = float(evidence[column] @ donors[evidence.index])
+            base = shared[base_name]
+            residuals = np.array(
+                [
+                    c["real"] - c[base_name] - w * (c["model"] - c[base_name])
+                    for c in evidence["changes"]
+                ]
+            )
+            predictions[name] = (base + w * (model - base), w, change_se(residuals))
+        base = shared["median_shift"]
+        predictions["hedge_half"] = (base + 0.5 * (model - base), 0.5, None)
         grid = np.linspace(0, 1, 21)
         oracle = [score_change(base + w * (model - base), real, source_mean, mask) for w in grid]
-        weights["oracle"] = grid[int(np.argmax([s["pearson_delta_deg"] for s in oracle]))]
-        for name, w in weights.items():
-            predictions[name] = (base + w * (model - base), w)
-        for method, (change, w) in predictions.items():
+        w = grid[int(np.argmax([s["pearson_delta_deg"] for s in oracle]))]
+        predictions["oracle"] = (base + w * (model - base), w, None)
+        for method, (change, w, se) in predictions.items():
+            covered = None if se is None else np.abs(real - change) <= 1.645 * se
             rows.append(
                 {
                     "design": design.name,
@@ -210,6 +231,8 @@ def rows_for(design: Design, seed: int, fits: dict[str, np.ndarray]) -> pd.DataF
                     "method": method,
                     **score_change(change, real, source_mean, mask),
                     "weight": w,
+                    "coverage90_deg": np.nan if covered is None else covered[mask].mean(),
+                    "coverage90_all": np.nan if covered is None else covered.mean(),
                 }
             )
     return pd.DataFrame(rows)
@@ -232,6 +255,16 @@ def summary(df: pd.DataFrame, score: str = "pearson_delta_deg") -> pd.DataFrame:
     return table.iloc[np.lexsort([table.method.map(order), table.design])].reset_index(drop=True)
 
 
+def criterion(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method: each patient's score minus the better of model and median shift, and means."""
+    scores = df.groupby(["method", "group"], sort=False).pearson_delta_deg.mean().unstack()
+    better = scores.loc[["model", "median_shift"]].max(0)
+    out = (scores - better).round(3)
+    out["worst"] = out.min(1)
+    out["mean"] = scores.mean(1).round(3)
+    return out
+
+
 def markdown(df: pd.DataFrame, index: bool = False) -> str:
     """A pipe table (``to_markdown`` needs ``tabulate``, which the test extra lacks)."""
     df = df.reset_index() if index else df
@@ -242,6 +275,7 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
 
 
 def write_report(df: pd.DataFrame, designs: dict[str, Design], path: Path) -> None:
+    seeds = ", ".join(str(s) for s in sorted(df.seed.unique()))
     for name in df.design.unique():
         designs.setdefault(name, Design(name))
     lines = [
@@ -251,7 +285,7 @@ def write_report(df: pd.DataFrame, designs: dict[str, Design], path: Path) -> No
         "methods).",
         "",
         "Pearson r of predicted vs real mean change (log-normalised) over the held-out patient's "
-        f"top-{N_DEGS} DEGs; mean ± sd over training seeds {sorted(df.seed.unique())} per "
+        f"top-{N_DEGS} DEGs; mean ± sd over training seeds {seeds} per "
         "held-out patient; `mean`: mean over patients, ± sd of that mean over seeds.",
         "",
     ]
@@ -277,6 +311,21 @@ def write_report(df: pd.DataFrame, designs: dict[str, Design], path: Path) -> No
             "R² of mean expression over the DEGs:",
             "",
             summary(df[df.design == name], "r2_mean_deg").drop(columns="design").pipe(markdown),
+            "",
+            "Against the better of the model and the shared response (median shift), per "
+            "held-out patient (means over seeds):",
+            "",
+            criterion(df[df.design == name]).pipe(markdown, index=True),
+            "",
+            "Coverage of the real change by the 90% intervals of `hedge` (fraction of genes; "
+            "mean over seeds):",
+            "",
+            df[(df.design == name) & (df.method == "hedge")]
+            .groupby("group")[["coverage90_deg", "coverage90_all"]]
+            .mean()
+            .T.round(2)
+            .assign(mean=lambda x: x.mean(1).round(2))
+            .pipe(markdown, index=True),
             "",
             "Hedging weight per held-out patient (mean over seeds):",
             "",

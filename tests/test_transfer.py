@@ -48,8 +48,13 @@ def test_transfer_check_table(fitted, check):
         assert rows.margin.iloc[0] == pytest.approx(margin)
         expected = "the model beats the shared response here" if margin > 0 else "does not"
         assert (rows.verdict == expected).all()
-        assert 0.0 <= rows.reliability.iloc[0] <= 1.0
+        # a reliable donor: the others predicted its response better than their average did
+        assert rows.reliability.iloc[0] == float(scores["model"] > scores["mean_shift"])
+        changes = check.attrs["changes"][rows.group.iloc[0]]
+        assert list(changes) == ["real", "model", "mean_shift", "median_shift"]
+        assert {len(v) for v in changes.values()} == {model.adata.n_vars}
         assert ((rows.r2_mean_deg >= 0) & (rows.r2_mean_deg <= 1)).all()
+    assert "reliability" in repr(check)  # the per-gene attrs do not break pandas
 
 
 def test_transfer_check_baselines_are_the_other_groups_changes(fitted, check):
@@ -145,7 +150,7 @@ def test_hedge_with_unreliable_donors_returns_the_shared_response(fitted, check)
     _, changes = sctrvae.tl.group_changes(
         model.adata, "patient", "condition", "control", "stimulated"
     )
-    shared = changes.mean(0).to_numpy()
+    shared = changes.median(0).to_numpy()
     model_change = _changes(data, source, "pred")
     # clipping at 0 moves a few low genes: close to the shared response, far from the model's
     assert np.corrcoef(hedged, shared)[0, 1] > 0.97
@@ -186,3 +191,22 @@ def test_hedge_rejects_a_layer_not_written_by_predict(fitted, check):
         sctrvae.tl.hedge(model, data, check, "patient", "other")
     with pytest.raises(ValueError, match="shared"):
         sctrvae.tl.hedge(model, data, check, "patient", "pred", shared="mode")
+
+
+def test_hedge_writes_the_change_and_its_standard_error(fitted, check):
+    model, data, source = _predict(fitted)
+    sctrvae.tl.hedge(model, data, check, "patient", "pred")
+    record = data.uns["pred_hedged"]
+    assert record["change"].shape == (1, data.n_vars)
+    assert record["change_se"].shape == (1, data.n_vars)
+    assert (record["change_se"].to_numpy() > 0).all()
+    # the layer is clipped at 0, the recorded change is not
+    layer_change = _changes(data, source, "pred_hedged")
+    assert np.corrcoef(record["change"].loc[HELD_OUT], layer_change)[0, 1] > 0.99
+
+
+def test_change_se_pools_genes_and_inflates_for_a_new_group():
+    residuals = np.array([[1.0, 0.0], [-1.0, 0.0]])  # k = 2 groups, gene 0 errs by 1
+    se = sctrvae.tl.change_se(residuals, prior_groups=2.0)
+    # gene 0: (2 · 1 + 2 · 0.5) / 4 = 0.75; gene 1: (0 + 2 · 0.5) / 4 = 0.25; × (1 + 1/2)
+    np.testing.assert_allclose(se**2, [0.75 * 1.5, 0.25 * 1.5])

@@ -25,13 +25,31 @@ def donor_shares(
     return pd.Series(reference_groups[idx].ravel()).value_counts(normalize=True)
 
 
+#: Pseudo-count of genes' pooled error in each gene's error estimate (few left-out groups).
+PRIOR_GROUPS = 2.0
+
+
+def change_se(residuals: np.ndarray, prior_groups: float = PRIOR_GROUPS) -> np.ndarray:
+    """Standard error per gene of a predicted change, from left-out groups' errors.
+
+    ``residuals`` (left-out groups × genes): real minus predicted change of each group of the
+    transfer check, under the same rule. Each gene's mean squared error is pooled with the
+    average over genes (weight ``prior_groups`` against the ``k`` groups), and inflated by
+    ``1 + 1/k`` for a new group. A 90% interval is ``change ± 1.645 · se``.
+    """
+    k = residuals.shape[0]
+    per_gene = (residuals**2).mean(0)
+    pooled = (k * per_gene + prior_groups * per_gene.mean()) / (k + prior_groups)
+    return np.sqrt(pooled * (1.0 + 1.0 / k))
+
+
 def hedge(
     model,
     adata: ad.AnnData,
     check: pd.DataFrame,
     groupby: str,
     layer: str,
-    shared: str = "mean_shift",
+    shared: str = "median_shift",
     n_neighbors: int = 30,
     key_added: str | None = None,
     copy: bool = False,
@@ -41,8 +59,8 @@ def hedge(
     The hedged mean change of a predicted group ``t`` is ``shared + w_t · (model − shared)``
     (log-normalised means): the shared response (mean or median change of the training
     groups) plus a share ``w_t`` of the model's group-specific part. ``w_t`` averages the
-    training groups' ``reliability`` (from :func:`sctrvae.tl.transfer_check`: the share of a
-    group's own response that the others predicted) weighted by how much ``t`` borrows from
+    training groups' ``reliability`` (from :func:`sctrvae.tl.transfer_check`: 1 where the refit
+    without the group beat the mean shift on it, else 0) weighted by how much ``t`` borrows from
     each: the share of that group among the ``n_neighbors`` nearest neighbours, in the model's
     ``z``, of ``t``'s cells among the training groups' source cells. A look-alike whose own
     response the others cannot predict is thus an unreliable donor, and a group that borrows
@@ -75,7 +93,11 @@ def hedge(
     -------
     ``None`` (or the copy), with ``adata.layers[key_added]`` (NaN outside the predicted rows)
     and ``adata.uns[key_added]``: ``"weights"`` (``w_t`` per group), ``"target_condition"``,
-    ``"readout": "hedged"`` and ``"layer"``.
+    ``"readout": "hedged"``, ``"layer"``, ``"shared"``, and, when ``check`` carries the
+    per-gene changes of :func:`~sctrvae.tl.transfer_check` (``check.attrs["changes"]``),
+    ``"change"`` and ``"change_se"`` (groups × genes): the hedged mean change and its standard
+    error (:func:`change_se`, from the checked groups' errors under the same weight; a 90%
+    interval is ``change ± 1.645 · change_se``).
     """
     if layer not in adata.layers or not isinstance(adata.uns.get(layer), dict):
         raise KeyError(
@@ -105,7 +127,7 @@ def hedge(
     donors_z = model.get_latent_representation(train, indices=np.flatnonzero(is_donor))
 
     hedged = np.full(predicted.shape, np.nan, dtype=np.float32)
-    weights = {}
+    weights, change, se = {}, {}, {}
     groups = adata.obs[groupby].iloc[rows].astype(str).to_numpy()
     counts = (
         adata.X
@@ -122,6 +144,17 @@ def hedge(
         model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
         correction = (weights[t] - 1.0) * (model_change - base)
         hedged[cells] = np.clip(predicted[cells] + correction, 0.0, None)
+        change[t] = base + weights[t] * (model_change - base)
+        checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
+        if checked:
+            residuals = np.array(
+                [
+                    np.subtract(c["real"], c[shared])
+                    - weights[t] * np.subtract(c["model"], c[shared])
+                    for c in checked.values()
+                ]
+            )
+            se[t] = change_se(residuals)
     adata.layers[key_added] = hedged
     adata.uns[key_added] = {
         "readout": "hedged",
@@ -130,4 +163,7 @@ def hedge(
         "shared": shared,
         "weights": weights,
     }
+    if se:
+        adata.uns[key_added]["change"] = pd.DataFrame(change, index=adata.var_names).T
+        adata.uns[key_added]["change_se"] = pd.DataFrame(se, index=adata.var_names).T
     return adata if copy else None

@@ -66,19 +66,14 @@ def score_change(
     }
 
 
-def donor_reliability(
-    model_change: np.ndarray, real_change: np.ndarray, shared: np.ndarray, deg_mask: np.ndarray
-) -> float:
-    """Share of a group's own response (beyond the shared one) that the others predicted.
+def donor_reliability(scores: dict[str, float]) -> float:
+    """1 if the refit predicted a left-out group better than the mean shift, else 0.
 
-    ``⟨D_real, D_model⟩ / ‖D_real‖²`` over the group's DEGs, clipped to ``[0, 1]``, where
-    ``D = change − shared change``. A group whose specific response the other groups do not
-    predict lends an unpredictable response to cells that look like it.
+    ``scores`` maps ``"model"`` and ``"mean_shift"`` to their Δ-Pearson on the group's DEGs. A
+    group whose own response the others cannot predict (the model does no better than their
+    average response) is an unreliable donor of response for the cells that look like it.
     """
-    real = (real_change - shared)[deg_mask]
-    pred = (model_change - shared)[deg_mask]
-    norm = float(real @ real)
-    return float(np.clip(real @ pred / norm, 0.0, 1.0)) if norm > 0 else 0.0
+    return float(scores["model"] > scores["mean_shift"])
 
 
 def transfer_check(
@@ -141,9 +136,12 @@ def transfer_check(
     ``group``, ``method``, ``pearson_delta_deg`` (Pearson r of predicted vs real mean change
     over the group's DEGs), ``r2_mean_deg`` (R² of mean expression over them), and per group
     ``margin`` (the model's Δ-Pearson minus the better baseline's), ``verdict`` ("the model
-    beats the shared response here" / "does not") and ``reliability`` (the share of the group's
-    own response, beyond the mean shift, that the model predicted from the others:
-    :func:`sctrvae.tl.hedge` reads it).
+    beats the shared response here" / "does not") and ``reliability`` (1 if the model beat the
+    mean shift on the group, i.e. the others predicted its own response, else 0: whether the
+    group is a reliable donor of response, which :func:`sctrvae.tl.hedge` reads).
+    ``table.attrs["changes"]``: per group, the real and predicted mean changes per gene
+    (lists under ``"real"``, ``"model"``, ``"mean_shift"``, ``"median_shift"``), from which
+    :func:`sctrvae.tl.hedge` estimates the uncertainty of a hedged change.
     """
     adata = model.adata if adata is None else adata
     condition_key = model.registry_["setup_args"]["condition_key"]
@@ -162,7 +160,7 @@ def transfer_check(
     train_kwargs = dict(train_kwargs or {})
     if max_steps is not None:
         train_kwargs["max_steps"] = max_steps
-    rows = []
+    rows, changes_of = [], {}
     for g in tqdm(checked, desc="transfer check", disable=not progress):
         is_source, is_target = (
             (labels == g) & (condition == source),
@@ -186,7 +184,10 @@ def transfer_check(
         margin = group_rows[0]["pearson_delta_deg"] - max(
             r["pearson_delta_deg"] for r in group_rows[1:]
         )
-        reliability = donor_reliability(model_change, real_change, shared["mean_shift"], deg_mask)
+        reliability = donor_reliability({r["method"]: r["pearson_delta_deg"] for r in group_rows})
+        # per gene, for the uncertainty of a hedged prediction (tl.hedge); lists, because
+        # pandas compares attrs with == when it combines tables
+        changes_of[g] = {k: v.tolist() for k, v in {"real": real_change, **predictions}.items()}
         for row in group_rows:
             row.update(
                 margin=margin,
@@ -195,6 +196,7 @@ def transfer_check(
             )
         rows += group_rows
     table = pd.DataFrame(rows)
+    table.attrs["changes"] = changes_of
     if key_added is not None:
         adata.uns[key_added] = table
     return table
