@@ -25,11 +25,13 @@ top-50 DEGs (``pearson_delta_deg``) and the mean expression there (``r2_mean_deg
   (``sctrvae.tl.change_se``) is scored by ``coverage90_deg`` / ``coverage90_all``: the fraction
   of ``t``'s DEGs / of all genes whose real change it covers;
 - variants of the rule (``hedge_<variant>``): ``uniform`` (donors averaged uniformly, not by
-  neighbours), ``mean_base`` (toward the mean shift), ``beats_best`` (reliable only where the
-  refit beat both the mean and the median shift), ``share`` (reliability = the share of ``g``'s
-  own response beyond the mean shift that the refit predicted, ⟨D_real, D_model⟩ / ‖D_real‖²,
-  clipped to [0, 1]; toward the mean shift), ``shrink`` (least-squares shrinkage ⟨D_real,
-  D_model⟩ / ‖D_model‖², clipped; toward the mean shift), ``half`` (``w = 0.5``);
+  neighbours), ``mean_base`` (toward the mean shift), ``soft`` (reliability = 0.5 + the margin
+  over the mean shift / 0.2, clipped to [0, 1], instead of 0 or 1), ``beats_best`` (reliable
+  only where the refit beat both the mean and the median shift), ``share`` (reliability = the
+  share of ``g``'s own response beyond the mean shift that the refit predicted, ⟨D_real,
+  D_model⟩ / ‖D_real‖², clipped to [0, 1]; toward the mean shift), ``shrink`` (least-squares
+  shrinkage ⟨D_real, D_model⟩ / ‖D_model‖², clipped; toward the mean shift), ``half``
+  (``w = 0.5``);
   ``oracle``: the best ``w`` in hindsight, toward the median shift (a ceiling, not a method).
 
 Every fit's predicted changes and neighbour shares are stored in
@@ -166,6 +168,7 @@ def inner_evidence(design: Design, fits: dict[str, np.ndarray], t: str) -> pd.Da
             {
                 "group": g,
                 "reliability": donor_reliability(scores),
+                "soft": float(np.clip(0.5 + (scores["model"] - scores["mean_shift"]) / 0.2, 0, 1)),
                 "beats_best": float(
                     scores["model"] > max(scores["mean_shift"], scores["median_shift"])
                 ),
@@ -182,6 +185,7 @@ RULES = {
     "hedge": ("reliability", True, "median_shift"),
     "hedge_uniform": ("reliability", False, "median_shift"),
     "hedge_mean_base": ("reliability", True, "mean_shift"),
+    "hedge_soft": ("soft", True, "median_shift"),
     "hedge_beats_best": ("beats_best", True, "median_shift"),
     "hedge_share": ("share", True, "mean_shift"),
     "hedge_shrink": ("shrink", True, "mean_shift"),
