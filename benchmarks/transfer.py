@@ -19,15 +19,16 @@ top-50 DEGs (``pearson_delta_deg``) and the mean expression there (``r2_mean_deg
   ``w`` for target ``t`` comes from the transfer check inside the training data (every other
   patient ``g`` left out in turn, ``t``'s stimulated cells absent as well, as in
   ``sctrvae.tl.transfer_check`` on the model that predicts ``t``): ``reliability_g`` = 1 if the
-  refit beat the mean shift on ``g`` (Δ-Pearson over ``g``'s DEGs), else 0; ``w`` is their
+  refit beat the mean shift on ``g`` by 0.1 Δ-Pearson (over ``g``'s DEGs) or more, 0 if it lost
+  by 0.1 or more, linear in between; ``w`` is their
   average weighted by ``g``'s share among the 30 nearest neighbours (in the model's ``z``) of
   ``t``'s control cells among the other patients' control cells. Its 90% interval per gene
   (``sctrvae.tl.change_se``) is scored by ``coverage90_deg`` / ``coverage90_all``: the fraction
   of ``t``'s DEGs / of all genes whose real change it covers;
 - variants of the rule (``hedge_<variant>``): ``uniform`` (donors averaged uniformly, not by
-  neighbours), ``mean_base`` (toward the mean shift), ``soft`` (reliability = 0.5 + the margin
-  over the mean shift / 0.2, clipped to [0, 1], instead of 0 or 1), ``beats_best`` (reliable
-  only where the refit beat both the mean and the median shift), ``share`` (reliability = the
+  neighbours), ``mean_base`` (toward the mean shift), ``binary`` (reliability 1 if the refit beat
+  the mean shift at all, else 0), ``beats_best`` (as ``binary``, but the refit must beat both
+  the mean and the median shift), ``share`` (reliability = the
   share of ``g``'s own response beyond the mean shift that the refit predicted, ⟨D_real,
   D_model⟩ / ‖D_real‖², clipped to [0, 1]; toward the mean shift), ``shrink`` (least-squares
   shrinkage ⟨D_real, D_model⟩ / ‖D_model‖², clipped; toward the mean shift), ``half``
@@ -168,7 +169,7 @@ def inner_evidence(design: Design, fits: dict[str, np.ndarray], t: str) -> pd.Da
             {
                 "group": g,
                 "reliability": donor_reliability(scores),
-                "soft": float(np.clip(0.5 + (scores["model"] - scores["mean_shift"]) / 0.2, 0, 1)),
+                "binary": float(scores["model"] > scores["mean_shift"]),
                 "beats_best": float(
                     scores["model"] > max(scores["mean_shift"], scores["median_shift"])
                 ),
@@ -185,7 +186,7 @@ RULES = {
     "hedge": ("reliability", True, "median_shift"),
     "hedge_uniform": ("reliability", False, "median_shift"),
     "hedge_mean_base": ("reliability", True, "mean_shift"),
-    "hedge_soft": ("soft", True, "median_shift"),
+    "hedge_binary": ("binary", True, "median_shift"),
     "hedge_beats_best": ("beats_best", True, "median_shift"),
     "hedge_share": ("share", True, "mean_shift"),
     "hedge_shrink": ("shrink", True, "mean_shift"),

@@ -49,7 +49,8 @@ def test_transfer_check_table(fitted, check):
         expected = "the model beats the shared response here" if margin > 0 else "does not"
         assert (rows.verdict == expected).all()
         # a reliable donor: the others predicted its response better than their average did
-        assert rows.reliability.iloc[0] == float(scores["model"] > scores["mean_shift"])
+        over_mean = scores["model"] - scores["mean_shift"]
+        assert rows.reliability.iloc[0] == pytest.approx(np.clip(0.5 + over_mean / 0.2, 0, 1))
         changes = check.attrs["changes"][rows.group.iloc[0]]
         assert list(changes) == ["real", "model", "mean_shift", "median_shift"]
         assert {len(v) for v in changes.values()} == {model.adata.n_vars}
@@ -210,3 +211,10 @@ def test_change_se_pools_genes_and_inflates_for_a_new_group():
     se = sctrvae.tl.change_se(residuals, prior_groups=2.0)
     # gene 0: (2 · 1 + 2 · 0.5) / 4 = 0.75; gene 1: (0 + 2 · 0.5) / 4 = 0.25; × (1 + 1/2)
     np.testing.assert_allclose(se**2, [0.75 * 1.5, 0.25 * 1.5])
+
+
+def test_donor_reliability_ramps_with_the_margin_over_the_mean_shift():
+    reliability = _transfer_check.donor_reliability
+    assert reliability({"model": 0.9, "mean_shift": 0.5}) == 1.0
+    assert reliability({"model": 0.5, "mean_shift": 0.9}) == 0.0
+    assert reliability({"model": 0.55, "mean_shift": 0.5}) == pytest.approx(0.75)

@@ -60,7 +60,8 @@ def hedge(
     (log-normalised means): the shared response (mean or median change of the training
     groups) plus a share ``w_t`` of the model's group-specific part. ``w_t`` averages the
     training groups' ``reliability`` (from :func:`sctrvae.tl.transfer_check`: 1 where the refit
-    without the group beat the mean shift on it, else 0) weighted by how much ``t`` borrows from
+    without the group predicted it clearly better than the mean shift, 0 where clearly worse, a
+    ramp in between) weighted by how much ``t`` borrows from
     each: the share of that group among the ``n_neighbors`` nearest neighbours, in the model's
     ``z``, of ``t``'s cells among the training groups' source cells. A look-alike whose own
     response the others cannot predict is thus an unreliable donor, and a group that borrows

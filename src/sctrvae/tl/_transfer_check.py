@@ -15,6 +15,8 @@ from ._similarity import group_changes
 
 #: Verdicts of :func:`transfer_check`, by the sign of the margin.
 VERDICTS = ("the model beats the shared response here", "does not")
+#: Margin over the mean shift (Δ-Pearson) that moves a donor from unreliable (0) to reliable (1).
+RELIABILITY_SCALE = 0.2
 #: Methods a transfer check scores, in the order of its table.
 CHECK_METHODS = ("model", "mean_shift", "median_shift")
 
@@ -67,13 +69,17 @@ def score_change(
 
 
 def donor_reliability(scores: dict[str, float]) -> float:
-    """1 if the refit predicted a left-out group better than the mean shift, else 0.
+    """How reliable a left-out group is as a donor of response, from its transfer check.
 
-    ``scores`` maps ``"model"`` and ``"mean_shift"`` to their Δ-Pearson on the group's DEGs. A
-    group whose own response the others cannot predict (the model does no better than their
-    average response) is an unreliable donor of response for the cells that look like it.
+    ``scores`` maps ``"model"`` and ``"mean_shift"`` to their Δ-Pearson on the group's DEGs.
+    ``0.5 + margin / RELIABILITY_SCALE``, clipped to ``[0, 1]``, with margin = model − mean
+    shift: 1 where the refit predicted the group clearly better than the others' average
+    response, 0 where clearly worse. A group whose own response the others cannot predict is
+    an unreliable donor of response for the cells that look like it. The ramp (rather than a
+    step at 0) keeps a single noisy refit from flipping the weight.
     """
-    return float(scores["model"] > scores["mean_shift"])
+    margin = scores["model"] - scores["mean_shift"]
+    return float(np.clip(0.5 + margin / RELIABILITY_SCALE, 0.0, 1.0))
 
 
 def transfer_check(
@@ -136,9 +142,10 @@ def transfer_check(
     ``group``, ``method``, ``pearson_delta_deg`` (Pearson r of predicted vs real mean change
     over the group's DEGs), ``r2_mean_deg`` (R² of mean expression over them), and per group
     ``margin`` (the model's Δ-Pearson minus the better baseline's), ``verdict`` ("the model
-    beats the shared response here" / "does not") and ``reliability`` (1 if the model beat the
-    mean shift on the group, i.e. the others predicted its own response, else 0: whether the
-    group is a reliable donor of response, which :func:`sctrvae.tl.hedge` reads).
+    beats the shared response here" / "does not") and ``reliability`` (how reliable the group
+    is as a donor of response, from 0 to 1: 0.5 + the model's margin over the mean shift / 0.2,
+    clipped; see :func:`~sctrvae.tl._transfer_check.donor_reliability`; :func:`sctrvae.tl.hedge`
+    reads it).
     ``table.attrs["changes"]``: per group, the real and predicted mean changes per gene
     (lists under ``"real"``, ``"model"``, ``"mean_shift"``, ``"median_shift"``), from which
     :func:`sctrvae.tl.hedge` estimates the uncertainty of a hedged change.
