@@ -2,7 +2,7 @@
 
 # first: sets OMP_WAIT_POLICY before anything below loads torch
 from . import _threads  # noqa: F401, I001
-from . import benchmark, datasets, metrics, pl
+from . import benchmark, datasets, metrics, pl, tl
 from ._checkpoint import TrainingCheckpoint
 from ._data_splitter import ConditionBalancedDataLoader, ConditionBalancedDataSplitter
 from ._device_data import DeviceResidentData
@@ -29,4 +29,5 @@ __all__ = [
     "mmd",
     "pairwise_condition_mmd",
     "pl",
+    "tl",
 ]

@@ -3,5 +3,6 @@
 from ._kang2018 import kang2018
 from ._simulate import simulate
 from ._simulate_donors import simulate_donors
+from ._simulate_patients import simulate_patients
 
-__all__ = ["kang2018", "simulate", "simulate_donors"]
+__all__ = ["kang2018", "simulate", "simulate_donors", "simulate_patients"]

@@ -110,13 +110,8 @@ def simulate(
         c = condition[start : start + chunk_size]
         state = rng.normal(0.0, 1.0, (t.size, n_cell_states))
         logits = log_means[t, c] + np.einsum("ns,nsg->ng", state, state_loadings[t])
-        proportions = np.exp(logits - logits.max(1, keepdims=True))
-        proportions /= proportions.sum(1, keepdims=True)
-        library = library_size * rng.lognormal(0.0, 0.35, (t.size, 1))
-        mean = proportions * library
-        counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))
-        blocks.append(sp.csr_matrix(counts.astype(np.float32)))
-        del logits, proportions, mean, counts
+        blocks.append(draw_counts(rng, logits, library_size, dispersion))
+        del logits
     X = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
 
     obs = pd.DataFrame(
@@ -137,3 +132,18 @@ def simulate(
         "seed": seed,
     }
     return adata
+
+
+def draw_counts(
+    rng: np.random.Generator, logits: np.ndarray, library_size: float, dispersion: float
+) -> sp.csr_matrix:
+    """NB counts (CSR, float32) of cells with log-proportions ``logits`` (cells × genes).
+
+    Library sizes are log-normal around ``library_size``; ``dispersion`` is the NB's θ.
+    """
+    proportions = np.exp(logits - logits.max(1, keepdims=True))
+    proportions /= proportions.sum(1, keepdims=True)
+    library = library_size * rng.lognormal(0.0, 0.35, (logits.shape[0], 1))
+    mean = proportions * library
+    counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))
+    return sp.csr_matrix(counts.astype(np.float32))

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from ._simulate import draw_counts
 
 
 def simulate_donors(
@@ -87,11 +88,8 @@ def simulate_donors(
     logits = log_means[cell_type, donor, condition] + np.einsum(
         "ns,nsg->ng", state, loadings[cell_type]
     )
-    proportions = np.exp(logits - logits.max(1, keepdims=True))
-    proportions /= proportions.sum(1, keepdims=True)
     donor_depth = rng.lognormal(0.0, 0.3 if donor_effect else 0.0, n_donors)[donor, None]
-    mean = proportions * library_size * donor_depth * rng.lognormal(0.0, 0.35, (n_cells, 1))
-    counts = rng.poisson(rng.gamma(dispersion, mean / dispersion)).astype(np.float32)
+    counts = draw_counts(rng, logits, library_size * donor_depth, dispersion)
     obs = pd.DataFrame(
         {
             "condition": pd.Categorical.from_codes(condition, categories=list(conditions)),
@@ -105,7 +103,7 @@ def simulate_donors(
         index=[f"cell_{i}" for i in range(n_cells)],
     )
     adata = ad.AnnData(
-        X=sp.csr_matrix(counts),
+        X=counts,
         obs=obs,
         var=pd.DataFrame(index=[f"gene_{i}" for i in range(n_genes)]),
     )

@@ -10,8 +10,10 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from ..metrics._prediction import PREDICTION_LAYER, log_normalized, prediction_expression
+from ._figure import FIGURE_PARAMETERS, FIGURE_RETURNS, finish
 
-_PARAMETERS = """
+_PARAMETERS = (
+    """
     Parameters
     ----------
     predicted
@@ -29,12 +31,9 @@ _PARAMETERS = """
         :func:`~sctrvae.metrics.score_prediction` uses too).
     n_labels
         Label the first ``n_labels`` of ``degs`` (when ``gene_list`` is not given).
-    ax
-        Axes to draw in; a new figure otherwise.
-    show
-        Show the figure and return ``None`` (scanpy's convention).
-    save
-        Path to save the figure to.
+    """
+    + FIGURE_PARAMETERS
+    + """
     condition_key
         scGen's form: column of ``predicted.obs`` that tells real from predicted cells.
     axis_keys
@@ -45,10 +44,9 @@ _PARAMETERS = """
     top_100_genes
         scGen's name for ``degs``.
 
-    Returns
-    -------
-    The Axes, unless ``show`` is true.
-"""
+    """
+    + FIGURE_RETURNS
+)
 
 
 def _split(
@@ -119,12 +117,7 @@ def _reg_plot(
     ax.set_xlabel(f"real {statistic} (log-normalised)")
     ax.set_ylabel(f"predicted {statistic} (log-normalised)")
     ax.set_title(title)
-    if save:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
-    if show:
-        plt.show()
-        return None
-    return ax
+    return finish(ax, show, save)
 
 
 def _regression_plot(statistic: str, summary: str):

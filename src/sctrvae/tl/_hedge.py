@@ -1,0 +1,170 @@
+"""Hedge a prediction toward the shared response where its donors are unreliable."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from sklearn.neighbors import NearestNeighbors
+
+from ..metrics import log1p_normalize
+from ._similarity import group_changes
+from ._transfer_check import shared_changes
+
+
+def donor_shares(
+    query: np.ndarray, reference: np.ndarray, reference_groups: np.ndarray, n_neighbors: int = 30
+) -> pd.Series:
+    """Share of each reference group among the ``n_neighbors`` nearest neighbours of the queries.
+
+    How much a group's cells borrow from each training group: the model lends a cell the
+    response of the cells it looks like in ``z``.
+    """
+    nn = NearestNeighbors(n_neighbors=min(n_neighbors, len(reference))).fit(reference)
+    _, idx = nn.kneighbors(query)
+    return pd.Series(reference_groups[idx].ravel()).value_counts(normalize=True)
+
+
+#: Pseudo-count of genes' pooled error in each gene's error estimate (few left-out groups).
+PRIOR_GROUPS = 2.0
+
+
+def change_se(residuals: np.ndarray, prior_groups: float = PRIOR_GROUPS) -> np.ndarray:
+    """Standard error per gene of a predicted change, from left-out groups' errors.
+
+    ``residuals`` (left-out groups × genes): real minus predicted change of each group of the
+    transfer check, under the same rule. Each gene's mean squared error is pooled with the
+    average over genes (weight ``prior_groups`` against the ``k`` groups), and inflated by
+    ``1 + 1/k`` for a new group. A 90% interval is ``change ± 1.645 · se``.
+    """
+    k = residuals.shape[0]
+    per_gene = (residuals**2).mean(0)
+    pooled = (k * per_gene + prior_groups * per_gene.mean()) / (k + prior_groups)
+    return np.sqrt(pooled * (1.0 + 1.0 / k))
+
+
+def hedge(
+    model,
+    adata: ad.AnnData,
+    check: pd.DataFrame,
+    groupby: str,
+    layer: str,
+    shared: str = "median_shift",
+    n_neighbors: int = 30,
+    key_added: str | None = None,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Keep of each group's predicted response only what its donors make trustworthy.
+
+    The hedged mean change of a predicted group ``t`` is ``shared + w_t · (model − shared)``
+    (log-normalised means): the shared response (mean or median change of the training
+    groups) plus a share ``w_t`` of the model's group-specific part. ``w_t`` averages the
+    training groups' ``reliability`` (from :func:`sctrvae.tl.transfer_check`: 1 where the refit
+    without the group predicted it clearly better than the mean shift, 0 where clearly worse, a
+    ramp in between) weighted by how much ``t`` borrows from
+    each: the share of that group among the ``n_neighbors`` nearest neighbours, in the model's
+    ``z``, of ``t``'s cells among the training groups' source cells. A look-alike whose own
+    response the others cannot predict is thus an unreliable donor, and a group that borrows
+    from it keeps the shared response. Every predicted cell is shifted by
+    ``(w_t − 1) · (model − shared)`` (clipped at 0).
+
+    Parameters
+    ----------
+    model
+        The trained :class:`~sctrvae.TRVAEModel` that predicted ``layer``.
+    adata
+        AnnData that ``model.predict(adata, indices=..., key_added=layer)`` wrote into: counts
+        in the registered matrix, the predicted rows non-NaN in ``adata.layers[layer]``.
+    check
+        The output of :func:`sctrvae.tl.transfer_check` for ``model``.
+    groupby
+        Column of ``adata.obs`` (and of the training data) with the groups.
+    layer
+        The predicted, log-normalised layer.
+    shared
+        ``"mean_shift"`` or ``"median_shift"``: the shared response hedged toward.
+    n_neighbors
+        Neighbours in ``z`` that decide how much a group borrows from each training group.
+    key_added
+        Layer to write the hedged prediction to; default ``f"{layer}_hedged"``.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` (or the copy), with ``adata.layers[key_added]`` (NaN outside the predicted rows)
+    and ``adata.uns[key_added]``: ``"weights"`` (``w_t`` per group), ``"target_condition"``,
+    ``"readout": "hedged"``, ``"layer"``, ``"shared"``, and, when ``check`` carries the
+    per-gene changes of :func:`~sctrvae.tl.transfer_check` (``check.attrs["changes"]``),
+    ``"change"`` and ``"change_se"`` (groups × genes): the hedged mean change and its standard
+    error (:func:`change_se`, from the checked groups' errors under the same weight; a 90%
+    interval is ``change ± 1.645 · change_se``).
+    """
+    if layer not in adata.layers or not isinstance(adata.uns.get(layer), dict):
+        raise KeyError(
+            f"{layer!r} is not a layer written by model.predict(..., key_added={layer!r})."
+        )
+    if shared not in ("mean_shift", "median_shift"):
+        raise ValueError(f"shared must be 'mean_shift' or 'median_shift', got {shared!r}.")
+    if "reliability" not in check or "group" not in check:
+        raise KeyError("check must be the table of tl.transfer_check (group, reliability).")
+    adata = adata.copy() if copy else adata
+    key_added = f"{layer}_hedged" if key_added is None else key_added
+    target = adata.uns[layer]["target_condition"]
+    condition_key = model.registry_["setup_args"]["condition_key"]
+    predicted = np.asarray(adata.layers[layer], dtype=np.float64)
+    rows = np.flatnonzero(~np.isnan(predicted).all(1))
+    sources = adata.obs[condition_key].iloc[rows].astype(str).unique()
+    if len(sources) != 1:
+        raise ValueError(f"The predicted cells must share one condition, found {list(sources)}.")
+    reliability = check.groupby("group", sort=False)["reliability"].first()
+
+    train = model.adata
+    _, changes = group_changes(train, groupby, condition_key, sources[0], target)
+    train_groups = train.obs[groupby].astype(str).to_numpy()
+    is_donor = (train.obs[condition_key].astype(str).to_numpy() == sources[0]) & np.isin(
+        train_groups, reliability.index
+    )
+    donors_z = model.get_latent_representation(train, indices=np.flatnonzero(is_donor))
+
+    hedged = np.full(predicted.shape, np.nan, dtype=np.float32)
+    weights, change, se = {}, {}, {}
+    groups = adata.obs[groupby].iloc[rows].astype(str).to_numpy()
+    counts = (
+        adata.X
+        if model.registry_["setup_args"]["layer"] is None
+        else adata.layers[model.registry_["setup_args"]["layer"]]
+    )
+    for t in pd.unique(groups):
+        cells = rows[groups == t]
+        others = train_groups[is_donor] != t  # a group never lends to itself
+        z = model.get_latent_representation(adata, indices=cells)
+        shares = donor_shares(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
+        weights[t] = float((shares * reliability.reindex(shares.index)).sum())
+        base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
+        model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
+        correction = (weights[t] - 1.0) * (model_change - base)
+        hedged[cells] = np.clip(predicted[cells] + correction, 0.0, None)
+        change[t] = base + weights[t] * (model_change - base)
+        checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
+        if checked:
+            residuals = np.array(
+                [
+                    np.subtract(c["real"], c[shared])
+                    - weights[t] * np.subtract(c["model"], c[shared])
+                    for c in checked.values()
+                ]
+            )
+            se[t] = change_se(residuals)
+    adata.layers[key_added] = hedged
+    adata.uns[key_added] = {
+        "readout": "hedged",
+        "target_condition": target,
+        "layer": layer,
+        "shared": shared,
+        "weights": weights,
+    }
+    if se:
+        adata.uns[key_added]["change"] = pd.DataFrame(change, index=adata.var_names).T
+        adata.uns[key_added]["change_se"] = pd.DataFrame(se, index=adata.var_names).T
+    return adata if copy else None
