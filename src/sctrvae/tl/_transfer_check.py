@@ -109,7 +109,10 @@ def transfer_check(
 
     **Cost**: one extra training per checked group (``k`` groups: ``k`` fits, each about as long
     as ``model.train()``). Cheaper: ``max_steps`` (e.g. 500 instead of the default budget of
-    2,000 steps: about 4× faster, a slightly weaker model) and ``groups`` (check a few).
+    2,000 steps: about 4× faster) and ``groups`` (check a few). Briefly trained refits are
+    weaker and noisier than the model, and can flip a verdict (on the patients tutorial's
+    data, ``max_steps=500`` missed the unreliable donor): explore with them, check at the
+    default budget before you hedge.
 
     Parameters
     ----------
