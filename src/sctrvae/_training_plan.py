@@ -21,11 +21,14 @@ _METRICS = ("loss", "elbo", "reconstruction_loss", "kl_local", "mmd")
 MIXING_CELLS = 2000
 
 
-def _per_gene_vectors(module) -> list[torch.Tensor]:
-    """The module's per-gene vectors: output bias, condition offset, dispersion."""
-    names = ("mean_head.bias", "condition_offset", "log_theta")
+#: The module's per-gene parameters, trained at ``gene_lr_scale`` times the learning rate: the
+#: output layer (one row and one bias per gene), the condition offset and the dispersion.
+GENE_PARAMETERS = ("mean_head.weight", "mean_head.bias", "condition_offset", "log_theta")
+
+
+def _per_gene_parameters(module) -> list[torch.Tensor]:
     params = dict(module.named_parameters())
-    return [params[n] for n in names if n in params]
+    return [params[n] for n in GENE_PARAMETERS if n in params]
 
 
 def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
@@ -65,6 +68,8 @@ class TRVAETrainingPlan(TrainingPlan):
     With ``lr_schedule="cosine"``, the learning rate warms up linearly over ``lr_warmup_steps``
     and then follows :func:`cosine_lr_factor` to 0 at the trainer's last step
     (``max_steps``, or ``max_epochs`` × the batches of an epoch), updated at every step.
+    ``gene_lr_scale`` multiplies the learning rate of the per-gene parameters
+    (:data:`GENE_PARAMETERS`).
     """
 
     def __init__(
@@ -91,11 +96,21 @@ class TRVAETrainingPlan(TrainingPlan):
     def _optimizer_creator_fn(self, optimizer_cls):
         def create(params):
             params = list(params)
-            groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-            tensors = [p for g in groups for p in g["params"]]
-            fused = all(p.device.type in ("cpu", "cuda") for p in tensors)
+            fused = all(p.device.type in ("cpu", "cuda") for p in params)
+            groups = [{"params": params}]
+            if self.gene_lr_scale != 1.0:
+                gene = {id(p) for p in _per_gene_parameters(self.module)}
+                groups = [
+                    {"params": [p for p in params if id(p) not in gene]},
+                    {
+                        "params": [p for p in params if id(p) in gene],
+                        "lr": self.lr * self.gene_lr_scale,
+                    },
+                ]
+            # no empty group where every per-gene (or every other) parameter is frozen
+            groups = [g for g in groups if g["params"]] or groups[:1]
             return optimizer_cls(
-                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
+                groups, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
             )
 
         return create
@@ -103,13 +118,6 @@ class TRVAETrainingPlan(TrainingPlan):
     def configure_optimizers(self):
         """Adam, and with ``lr_schedule="cosine"`` its per-step warm-up and cosine decay."""
         config = super().configure_optimizers()
-        if self.gene_lr_scale != 1.0:
-            gene = {id(p) for p in _per_gene_vectors(self.module)}
-            rest = [p for p in self.module.parameters() if p.requires_grad and id(p) not in gene]
-            groups = [{"params": rest}]
-            vectors = [p for p in _per_gene_vectors(self.module) if p.requires_grad]
-            groups.append({"params": vectors, "lr": self.lr * self.gene_lr_scale})
-            config["optimizer"] = self.get_optimizer_creator()(groups)
         if self.lr_schedule == "cosine":
             total = int(self.trainer.estimated_stepping_batches)
             warmup = min(self.lr_warmup_steps, total)
