@@ -108,8 +108,8 @@ def test_default_budget_is_in_optimiser_steps(sim):
 def test_default_budget_scales_with_the_data():
     # small data: the optimiser's floor of steps; medium: 5 epochs; large: one epoch, every
     # cell seen once
-    kang, medium, large = (steps_per_epoch(n, None, 128) for n in (1975, 20_000, 1_000_000))
-    assert (kang, medium, large) == (14, 141, 7032)
+    kang, medium, large = (steps_per_epoch(n, None, 128) for n in (1975, 50_000, 1_000_000))
+    assert (kang, medium, large) == (14, 352, 7032)
     assert [step_budget(s) for s in (kang, medium, large)] == [MIN_STEPS, 5 * medium, 7032]
     assert steps_per_epoch(100, 1.0, 128) == 1
 

@@ -41,6 +41,6 @@ PATIENCE_STEPS = 150
 #: passes its cells need, up to ``MAX_STEPS``.
 BUDGET_EPOCHS = 5
 #: Fewest optimiser steps of the default budget.
-MIN_STEPS = 420
+MIN_STEPS = 840
 #: Most optimiser steps of the default budget, unless one epoch is longer.
 MAX_STEPS = 4000
