@@ -25,13 +25,14 @@ def test_early_stopping_restores_the_best_epoch_not_the_last():
             if not trainer.sanity_checking:
                 snapshots[trainer.current_epoch] = copy.deepcopy(pl_module.module.state_dict())
 
-    # a learning rate high enough that the validation loss is not monotone
+    # a constant learning rate high enough that the validation loss is not monotone
+    plan = {"lr": 5e-2, "lr_schedule": None, "gene_lr_scale": 1.0, "n_epochs_kl_warmup": None}
     model.train(
         max_epochs=12,
         batch_size=64,
         early_stopping=True,
         early_stopping_patience=3,
-        plan_kwargs={"lr": 5e-2, "n_epochs_kl_warmup": None},
+        plan_kwargs=plan,
         callbacks=[Record()],
         enable_progress_bar=False,
     )

@@ -12,8 +12,8 @@ from scvi.train import TrainingPlan
 
 import sctrvae
 from sctrvae import TRVAEModel, _threads
-from sctrvae._constants import KL_WARMUP_STEPS, MAX_STEPS
-from sctrvae._training_plan import TRVAETrainingPlan
+from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, KL_WARMUP_STEPS, MIN_STEPS
+from sctrvae._training_plan import GENE_PARAMETERS, TRVAETrainingPlan, cosine_lr_factor
 from sctrvae._training_settings import step_budget, steps_per_epoch
 
 
@@ -26,6 +26,12 @@ class PlainAdamPlan(TRVAETrainingPlan):
 class ScviLoggingPlan(TrainingPlan):
     """scvi-tools' per-step logging (under no_grad, as before this plan logged per epoch)."""
 
+    def __init__(self, *args, lr_schedule=None, gene_lr_scale=1.0, **kwargs):
+        # the schedule and the per-gene rate are TRVAETrainingPlan's: compared without them
+        assert lr_schedule is None
+        assert gene_lr_scale == 1.0
+        super().__init__(*args, **kwargs)
+
     def compute_and_log_metrics(self, loss_output, metrics, mode):
         with torch.no_grad():
             TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
@@ -35,7 +41,14 @@ def _history(plan_cls, adata):
     scvi.settings.seed = 0
     model = TRVAEModel(adata, n_hidden=16, n_latent=3)
     model._training_plan_cls = plan_cls
-    model.train(max_epochs=3, batch_size=64, early_stopping_patience=5, enable_progress_bar=False)
+    plan = {"lr_schedule": None, "gene_lr_scale": 1.0, "n_steps_kl_warmup": 27}
+    model.train(
+        max_epochs=3,
+        batch_size=64,
+        early_stopping_patience=5,
+        plan_kwargs=plan,
+        enable_progress_bar=False,
+    )
     return {k: v.iloc[:, 0].to_numpy(dtype=float) for k, v in model.history.items()}
 
 
@@ -86,18 +99,18 @@ def test_default_budget_is_in_optimiser_steps(sim):
     assert trainer.max_epochs == math.ceil(12 / epoch_steps) == 2  # from the step budget
     assert trainer.global_step == 12  # the step budget, not the epochs, ended the run
     plan = trainer.lightning_module
-    assert plan.n_steps_kl_warmup == 12
+    assert plan.n_steps_kl_warmup == 3  # a quarter of the run
     assert plan.n_epochs_kl_warmup is None
     stopping = trainer.early_stopping_callback
     assert stopping.patience == 17  # 150 steps of 9 a epoch
 
 
 def test_default_budget_scales_with_the_data():
-    # small data: the step budget is many epochs; large data: one epoch, every cell seen once
-    kang, medium, large = (steps_per_epoch(n, None, 128) for n in (1975, 20_000, 1_000_000))
-    assert (kang, medium, large) == (14, 141, 7032)
-    assert [step_budget(s) for s in (kang, medium, large)] == [MAX_STEPS, MAX_STEPS, 7032]
-    assert math.ceil(step_budget(medium) / medium) == 15
+    # small data: the optimiser's floor of steps; medium: 5 epochs; large: one epoch, every
+    # cell seen once
+    kang, medium, large = (steps_per_epoch(n, None, 128) for n in (1975, 50_000, 1_000_000))
+    assert (kang, medium, large) == (14, 352, 7032)
+    assert [step_budget(s) for s in (kang, medium, large)] == [MIN_STEPS, 5 * medium, 7032]
     assert steps_per_epoch(100, 1.0, 128) == 1
 
 
@@ -108,7 +121,7 @@ def test_explicit_max_epochs_has_nostep_budget(sim):
     assert model.trainer.max_steps == -1
     assert model.trainer.current_epoch == 2
     plan = model.trainer.lightning_module
-    assert plan.n_steps_kl_warmup == min(KL_WARMUP_STEPS, 2 * 9)
+    assert plan.n_steps_kl_warmup == min(KL_WARMUP_STEPS, math.ceil(2 * 9 / 4))
 
 
 def test_user_kl_warmup_in_steps_is_kept(sim):
@@ -228,3 +241,77 @@ def test_the_users_thread_count_holds_even_after_something_else_changed_it(monke
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(scvi.settings, "_num_threads", 1)
     assert threads_during_training_from_two() == ({1}, 2)
+
+
+def test_cosine_factor_warms_up_then_reaches_zero_at_the_last_step():
+    total, warmup = 100, 10
+    factors = [cosine_lr_factor(step, total, warmup) for step in range(total + 1)]
+    assert np.all(np.diff(factors[: warmup + 1]) > 0)  # linear warm-up
+    assert 0 < factors[0] < 0.1
+    assert factors[warmup] == 1.0
+    assert np.all(np.diff(factors[warmup:]) < 0)  # then decays at every step
+    assert factors[total // 2 + warmup // 2] == pytest.approx(0.5)
+    assert factors[total - 1] < 1e-3  # the last step is taken at almost no learning rate
+    assert factors[total] == 0.0
+    assert cosine_lr_factor(total + 5, total, warmup) == 0.0  # past the budget: stays at 0
+    assert cosine_lr_factor(0, 1) == 1.0  # a single step, no warm-up
+
+
+class LearningRates(pl.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, *args):
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+
+def test_the_default_schedule_ends_where_the_budget_ends(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    recorder = LearningRates()
+    model.train(batch_size=64, max_steps=40, callbacks=[recorder], enable_progress_bar=False)
+    lrs = np.array(recorder.lrs)[:, 0]
+    assert lrs.size == model.trainer.global_step == 40
+    assert lrs.max() == pytest.approx(DEFAULT_LR)
+    assert lrs[0] < lrs[1] < lrs.max()  # warm-up over the first 2 steps (5 % of 40)
+    assert lrs[-1] < 0.01 * DEFAULT_LR
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == 0.0
+    plan = model.trainer.lightning_module
+    assert (plan.lr_schedule, plan.lr_warmup_steps) == ("cosine", 2)
+
+
+def test_the_schedule_spans_max_epochs_when_there_is_no_step_budget(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    recorder = LearningRates()
+    model.train(max_epochs=3, batch_size=64, callbacks=[recorder], enable_progress_bar=False)
+    assert len(recorder.lrs) == 27  # 3 epochs of 9 steps
+    assert recorder.lrs[-1][0] < 0.01 * DEFAULT_LR
+
+
+def test_plateau_schedule_replaces_the_cosine_and_both_are_refused(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    plan = {"reduce_lr_on_plateau": True, "lr_scheduler_metric": "elbo_train"}
+    model.train(max_epochs=2, batch_size=64, plan_kwargs=plan, enable_progress_bar=False)
+    assert model.trainer.lightning_module.lr_schedule is None
+    # the plateau schedule steers the optimiser that trains (with its per-gene group)
+    (config,) = model.trainer.lr_scheduler_configs
+    assert config.scheduler.optimizer is model.trainer.optimizers[0]
+    assert len(model.trainer.optimizers[0].param_groups) == 2
+    with pytest.raises(ValueError, match="not both"):
+        TRVAETrainingPlan(model.module, lr_schedule="cosine", reduce_lr_on_plateau=True)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TRVAETrainingPlan(model.module, lr_schedule="linear")
+
+
+def test_per_gene_parameters_train_at_a_larger_rate(sim):
+    TRVAEModel.setup_anndata(sim, condition_key="condition")
+    model = TRVAEModel(sim, n_hidden=16, n_latent=3)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    rest, gene = model.trainer.optimizers[0].param_groups
+    assert gene["initial_lr"] == GENE_LR_SCALE * rest["initial_lr"] == GENE_LR_SCALE * DEFAULT_LR
+    names = {id(p): n for n, p in model.module.named_parameters()}
+    assert {names[id(p)] for p in gene["params"]} == set(GENE_PARAMETERS)
+    assert len(rest["params"]) + len(gene["params"]) == len(names)
+    assert model.trainer.optimizers[0].defaults["fused"] is True

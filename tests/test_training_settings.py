@@ -2,12 +2,13 @@
 
 import copy
 import inspect
+import math
 
 import pytest
 
 from sctrvae import TRVAEModel
-from sctrvae._constants import DEFAULT_LR, KL_WARMUP_STEPS, MAX_STEPS
-from sctrvae._training_settings import training_settings
+from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, KL_WARMUP_STEPS, MAX_STEPS, MIN_STEPS
+from sctrvae._training_settings import step_budget, steps_per_epoch, training_settings
 
 #: train()'s own defaults, read from its signature
 TRAIN_DEFAULTS = {
@@ -21,20 +22,55 @@ KANG = {**TRAIN_DEFAULTS, "n_obs": 1975, "trainer_kwargs": None}
 
 def test_defaults_are_sized_in_optimiser_steps():
     run = training_settings(**KANG)
-    assert run.trainer_kwargs["max_steps"] == MAX_STEPS
-    assert run.max_epochs == 143  # 2000 steps of 14 a epoch
+    assert run.trainer_kwargs["max_steps"] == MIN_STEPS  # a small dataset: the optimiser's floor
+    assert run.max_epochs == math.ceil(MIN_STEPS / 14)
     assert run.plan_kwargs == {
         "lr": DEFAULT_LR,
-        "n_steps_kl_warmup": KL_WARMUP_STEPS,
+        "gene_lr_scale": GENE_LR_SCALE,
+        "lr_schedule": "cosine",
+        "lr_warmup_steps": math.ceil(0.05 * MIN_STEPS),
+        "n_steps_kl_warmup": KL_WARMUP_STEPS,  # under a quarter of the run
         "n_epochs_kl_warmup": None,
     }
     assert run.early_stopping
     assert run.restore_best
     assert not run.no_validation
     assert run.trainer_kwargs["early_stopping_patience"] == 11  # 150 steps
-    assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 11  # 150 steps
+    assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 11  # the KL warm-up: 150 steps
     assert run.trainer_kwargs["early_stopping_monitor"] == "validation_loss"
     assert run.datasplitter_kwargs == {"min_cells_per_condition": 8}
+
+
+@pytest.mark.parametrize(
+    ("n_obs", "epoch_steps", "budget"),
+    [
+        (1_556, 11, MIN_STEPS),  # 1.5k x 1.3k
+        (1_975, 14, MIN_STEPS),  # Kang
+        (5_000, 36, MIN_STEPS),  # 5k x 300
+        (20_000, 141, MIN_STEPS),  # 5 epochs would be 705 steps
+        (40_000, 282, 1_410),  # 5 epochs
+        (200_000, 1_407, MAX_STEPS),  # 5 epochs would be 7,035 steps
+        (1_000_000, 7_032, 7_032),  # one epoch, every cell seen once
+    ],
+)
+def test_the_budget_is_bounded_epochs(n_obs, epoch_steps, budget):
+    assert steps_per_epoch(n_obs, None, 128) == epoch_steps
+    assert step_budget(epoch_steps) == budget
+    assert training_settings(**{**KANG, "n_obs": n_obs}).trainer_kwargs["max_steps"] == budget
+
+
+def test_between_the_bounds_the_budget_is_five_epochs():
+    epoch_steps = MIN_STEPS // 5 + 100
+    assert step_budget(epoch_steps) == 5 * epoch_steps < MAX_STEPS
+
+
+def test_a_plateau_schedule_replaces_the_cosine():
+    run = training_settings(**{**KANG, "plan_kwargs": {"reduce_lr_on_plateau": True}})
+    assert "lr_schedule" not in run.plan_kwargs
+    assert "lr_warmup_steps" not in run.plan_kwargs
+    run = training_settings(**{**KANG, "plan_kwargs": {"lr_schedule": None}})
+    assert run.plan_kwargs["lr_schedule"] is None
+    assert "lr_warmup_steps" not in run.plan_kwargs
 
 
 def test_the_users_values_win_and_are_not_modified():
@@ -46,7 +82,13 @@ def test_the_users_values_win_and_are_not_modified():
         **{**KANG, "plan_kwargs": plan, "trainer_kwargs": trainer, "datasplitter_kwargs": splitter}
     )
     assert (plan, trainer, splitter) == given
-    assert run.plan_kwargs == {"lr": 1e-4, "n_epochs_kl_warmup": 3}
+    assert run.plan_kwargs == {
+        "lr": 1e-4,
+        "gene_lr_scale": GENE_LR_SCALE,
+        "lr_schedule": "cosine",
+        "lr_warmup_steps": 3,  # 5 % of the 50 steps
+        "n_epochs_kl_warmup": 3,
+    }
     assert run.trainer_kwargs["early_stopping_patience"] == 7
     assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 3
     assert run.trainer_kwargs["gradient_clip_val"] == 1.0
@@ -57,9 +99,10 @@ def test_the_users_values_win_and_are_not_modified():
 def test_warmup_never_outlasts_a_short_run():
     run = training_settings(**{**KANG, "max_epochs": 2})
     assert "max_steps" not in run.trainer_kwargs
-    assert run.plan_kwargs["n_steps_kl_warmup"] == 2 * 14
+    assert run.plan_kwargs["n_steps_kl_warmup"] == 7  # a quarter of 2 epochs of 14 steps
+    assert run.plan_kwargs["lr_warmup_steps"] == 2
     run = training_settings(**{**KANG, "trainer_kwargs": {"max_steps": 20}})
-    assert run.plan_kwargs["n_steps_kl_warmup"] == 20
+    assert run.plan_kwargs["n_steps_kl_warmup"] == 5
 
 
 def test_one_epoch_when_the_data_outgrow_the_step_budget():

@@ -15,13 +15,32 @@ MMD_MODES: tuple[str, ...] = ("global", "label", "reweighted")
 #: Draws per cell when ``predict`` is not given ``n_samples``.
 DEFAULT_DRAWS = {"mean": 0, "sampled": 1, "calibrated": 10}
 
-#: Adam learning rate of ``train()``: converges in about a third of the epochs 1e-3 needs here.
-DEFAULT_LR = 3e-3
-#: Optimiser steps of linear KL warm-up; early stopping waits for them (the loss changes meaning
-#: meanwhile). Budgets are in steps because a step, not an epoch, is the unit of the optimiser's
-#: progress: an epoch of a large dataset holds many times the steps the model needs.
+#: Adam learning rate of ``train()`` at the top of its schedule.
+DEFAULT_LR = 6e-3
+#: ``train()``'s learning-rate schedule: linear warm-up, then a cosine to 0 at the last step of
+#: the budget, so that a run ends converged where its budget ends instead of waiting out a
+#: patience window.
+LR_SCHEDULE = "cosine"
+#: Share of the step budget over which the learning rate warms up.
+LR_WARMUP_FRACTION = 0.05
+#: Learning rate of the per-gene parameters (output layer, condition offset, dispersion)
+#: relative to the rest. They start near 0 and must travel several log units (interferon
+#: genes' log fold changes are 3 to 6, log mean proportions span about 10), while Adam moves a
+#: parameter by at most about its learning rate per step: at 3e-3 that alone took over a
+#: thousand steps.
+GENE_LR_SCALE = 10.0
+#: Optimiser steps of linear KL warm-up (at most a quarter of the run); early stopping waits
+#: for them (the loss changes meaning meanwhile). Budgets are in steps because a step, not an
+#: epoch, is the unit of the optimiser's progress.
 KL_WARMUP_STEPS = 150
 #: Steps without a better validation loss before early stopping (rounded up to whole epochs).
 PATIENCE_STEPS = 150
-#: Default budget of optimiser steps (``max_epochs=None``); early stopping usually ends sooner.
-MAX_STEPS = 2000
+#: Default budget (``max_epochs=None``): ``BUDGET_EPOCHS`` passes over the training cells,
+#: within ``MIN_STEPS`` and ``MAX_STEPS`` optimiser steps, and never less than one epoch. A small
+#: dataset is bound by the optimiser (``MIN_STEPS``, however few its cells), a large one by the
+#: passes its cells need, up to ``MAX_STEPS``.
+BUDGET_EPOCHS = 5
+#: Fewest optimiser steps of the default budget.
+MIN_STEPS = 840
+#: Most optimiser steps of the default budget, unless one epoch is longer.
+MAX_STEPS = 4000

@@ -39,9 +39,10 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         Parameters
         ----------
         max_epochs
-            Default: a budget of 2,000 optimiser steps (``MAX_STEPS``, passed to Lightning as
-            ``max_steps``), or one epoch if that is longer, so that every cell is seen once.
-            Passing it trains at most that many epochs, with no step budget.
+            Default: a budget of optimiser steps (passed to Lightning as ``max_steps``) of 5
+            epochs, at least 840 and at most 4,000 steps, and never less than one epoch
+            (``BUDGET_EPOCHS``, ``MIN_STEPS``, ``MAX_STEPS``). Passing it trains at most that
+            many epochs, with no step budget.
         %(param_accelerator)s
         %(param_devices)s
         train_size, validation_size
@@ -60,10 +61,14 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         min_cells_per_condition
             Floor of cells of each condition in every minibatch (small conditions are resampled).
         plan_kwargs
-            Keyword arguments of :class:`~scvi.train.TrainingPlan`. Defaults here: ``lr=3e-3``
-            and a KL warm-up over the first 150 optimiser steps (``n_steps_kl_warmup``, at most
-            the whole run); scvi-tools' own defaults (1e-3, 400 epochs) leave the KL
-            under-weighted for most of a short run. ``n_epochs_kl_warmup`` counts in epochs.
+            Keyword arguments of the training plan (scvi-tools' ``TrainingPlan``). Defaults here:
+            ``lr=6e-3``, warmed up over the first 5 % of the run and decayed to 0 at its last
+            step by a cosine (``lr_schedule="cosine"``, ``lr_warmup_steps``; ``None`` or
+            ``reduce_lr_on_plateau=True`` instead), ``gene_lr_scale=10`` (the per-gene
+            parameters' rate relative to ``lr``), and a KL warm-up over the first quarter of
+            the run, at most 150 optimiser steps (``n_steps_kl_warmup``); scvi-tools' own
+            defaults (1e-3, 400 epochs) leave the KL under-weighted for most of a short run.
+            ``n_epochs_kl_warmup`` counts in epochs.
         datasplitter_kwargs
             Keyword arguments of :class:`~sctrvae.ConditionBalancedDataSplitter`, e.g.
             ``{"device_resident": True}``: copy the count matrix to the training device once and

@@ -1,13 +1,15 @@
-"""scvi-tools' TrainingPlan with epoch-level metrics summed on the device and a fused Adam."""
+"""scvi-tools' TrainingPlan: epoch metrics summed on the device, fused Adam, cosine schedule."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
+from torch.optim.lr_scheduler import LambdaLR
 
 from .metrics import condition_mixing
 
@@ -17,6 +19,30 @@ _METRICS = ("loss", "elbo", "reconstruction_loss", "kl_local", "mmd")
 #: Validation cells whose mixing is scored each epoch: the first ones of the (unshuffled)
 #: validation loader, the same every epoch; a kNN over more would cost more than the epoch.
 MIXING_CELLS = 2000
+
+
+#: The module's per-gene parameters, trained at ``gene_lr_scale`` times the learning rate: the
+#: output layer (one row and one bias per gene), the condition offset and the dispersion.
+GENE_PARAMETERS = ("mean_head.weight", "mean_head.bias", "condition_offset", "log_theta")
+
+
+def _per_gene_parameters(module) -> list[torch.Tensor]:
+    params = dict(module.named_parameters())
+    return [params[n] for n in GENE_PARAMETERS if n in params]
+
+
+def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Multiplier of the learning rate at optimiser step ``step`` (from 0) of ``total_steps``.
+
+    A linear warm-up to 1 over the first ``warmup_steps`` steps, then a half cosine from 1 to 0
+    that reaches 0 after the last step, so that the run ends on small steps wherever its
+    budget ends.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    decay = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class TRVAETrainingPlan(TrainingPlan):
@@ -38,11 +64,32 @@ class TRVAETrainingPlan(TrainingPlan):
     ``labels_key`` was registered), beside ``mmd_validation``, over the first
     :data:`MIXING_CELLS` validation cells. An epoch where no label holds enough cells of two
     conditions logs nothing.
+
+    With ``lr_schedule="cosine"``, the learning rate warms up linearly over ``lr_warmup_steps``
+    and then follows :func:`cosine_lr_factor` to 0 at the trainer's last step
+    (``max_steps``, or ``max_epochs`` × the batches of an epoch), updated at every step.
+    ``gene_lr_scale`` multiplies the learning rate of the per-gene parameters
+    (:data:`GENE_PARAMETERS`).
     """
 
-    def __init__(self, *args, log_mixing: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        log_mixing: bool = True,
+        lr_schedule: Literal["cosine"] | None = None,
+        lr_warmup_steps: int = 0,
+        gene_lr_scale: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if lr_schedule not in (None, "cosine"):
+            raise ValueError(f"lr_schedule must be None or 'cosine', not {lr_schedule!r}.")
+        if lr_schedule is not None and self.reduce_lr_on_plateau:
+            raise ValueError("Pass either lr_schedule or reduce_lr_on_plateau=True, not both.")
         self.log_mixing = log_mixing
+        self.lr_schedule = lr_schedule
+        self.lr_warmup_steps = lr_warmup_steps
+        self.gene_lr_scale = gene_lr_scale
         self._sums: dict[str, torch.Tensor | None] = {"train": None, "validation": None}
         self._representations: list[dict[str, torch.Tensor]] = []
 
@@ -50,11 +97,35 @@ class TRVAETrainingPlan(TrainingPlan):
         def create(params):
             params = list(params)
             fused = all(p.device.type in ("cpu", "cuda") for p in params)
+            groups = [{"params": params}]
+            if self.gene_lr_scale != 1.0:
+                gene = {id(p) for p in _per_gene_parameters(self.module)}
+                groups = [
+                    {"params": [p for p in params if id(p) not in gene]},
+                    {
+                        "params": [p for p in params if id(p) in gene],
+                        "lr": self.lr * self.gene_lr_scale,
+                    },
+                ]
+            # no empty group where every per-gene (or every other) parameter is frozen
+            groups = [g for g in groups if g["params"]] or groups[:1]
             return optimizer_cls(
-                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
+                groups, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
             )
 
         return create
+
+    def configure_optimizers(self):
+        """Adam, and with ``lr_schedule="cosine"`` its per-step warm-up and cosine decay."""
+        config = super().configure_optimizers()
+        if self.lr_schedule == "cosine":
+            total = int(self.trainer.estimated_stepping_batches)
+            warmup = min(self.lr_warmup_steps, total)
+            scheduler = LambdaLR(
+                config["optimizer"], lambda step: cosine_lr_factor(step, total, warmup)
+            )
+            config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
+        return config
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
         # scvi-tools logs under torch.inference_mode; Lightning's DDP reduction later rescales

@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 
 from scvi.model._utils import use_distributed_sampler
 
-from ._constants import DEFAULT_LR, KL_WARMUP_STEPS, MAX_STEPS, PATIENCE_STEPS
+from ._constants import (
+    BUDGET_EPOCHS,
+    DEFAULT_LR,
+    GENE_LR_SCALE,
+    KL_WARMUP_STEPS,
+    LR_SCHEDULE,
+    LR_WARMUP_FRACTION,
+    MAX_STEPS,
+    MIN_STEPS,
+    PATIENCE_STEPS,
+)
 from ._data_splitter import has_validation_cells, n_training_cells
 
 
@@ -44,8 +54,12 @@ def steps_per_epoch(n_obs: int, train_size: float | None, batch_size: int) -> in
 
 
 def step_budget(epoch_steps: int) -> int:
-    """Default ``max_steps``: ``MAX_STEPS``, or one epoch if longer (every cell is seen once)."""
-    return max(MAX_STEPS, epoch_steps)
+    """Default ``max_steps``: ``BUDGET_EPOCHS`` epochs within ``MIN_STEPS``–``MAX_STEPS``.
+
+    Never less than one epoch, so that every cell is seen once.
+    """
+    bounded = min(MAX_STEPS, max(MIN_STEPS, BUDGET_EPOCHS * epoch_steps))
+    return max(bounded, epoch_steps)
 
 
 def training_settings(
@@ -68,7 +82,10 @@ def training_settings(
     defaults (``trainer_kwargs`` is its ``**trainer_kwargs``); none is modified. A user's value
     always wins over a default.
     """
-    plan_kwargs = {"lr": DEFAULT_LR, **(plan_kwargs or {})}
+    plan_kwargs = {"lr": DEFAULT_LR, "gene_lr_scale": GENE_LR_SCALE, **(plan_kwargs or {})}
+    # scvi-tools' plateau schedule, if asked for, replaces the default one
+    if not plan_kwargs.get("reduce_lr_on_plateau"):
+        plan_kwargs.setdefault("lr_schedule", LR_SCHEDULE)
     trainer_kwargs = dict(trainer_kwargs or {})
     datasplitter_kwargs = {
         "min_cells_per_condition": min_cells_per_condition,
@@ -78,11 +95,14 @@ def training_settings(
     if max_epochs is None:
         trainer_kwargs.setdefault("max_steps", step_budget(epoch_steps))
         max_epochs = math.ceil(trainer_kwargs["max_steps"] / epoch_steps)
+    total_steps = max_epochs * epoch_steps
+    if trainer_kwargs.get("max_steps", -1) >= 0:
+        total_steps = min(total_steps, trainer_kwargs["max_steps"])
+    if plan_kwargs.get("lr_schedule"):
+        plan_kwargs.setdefault("lr_warmup_steps", math.ceil(LR_WARMUP_FRACTION * total_steps))
     if "n_epochs_kl_warmup" not in plan_kwargs:
-        total_steps = max_epochs * epoch_steps
-        if trainer_kwargs.get("max_steps", -1) >= 0:
-            total_steps = min(total_steps, trainer_kwargs["max_steps"])
-        plan_kwargs.setdefault("n_steps_kl_warmup", min(KL_WARMUP_STEPS, total_steps))
+        kl_warmup = min(KL_WARMUP_STEPS, math.ceil(total_steps / 4))
+        plan_kwargs.setdefault("n_steps_kl_warmup", kl_warmup)
         plan_kwargs["n_epochs_kl_warmup"] = None
     distributed = use_distributed_sampler(trainer_kwargs.get("strategy"))
     if distributed:
