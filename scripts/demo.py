@@ -94,15 +94,15 @@ def main() -> None:
     # with the cell types registered, the MMD compares the conditions at equal type proportions
     sctrvae.TRVAEModel.setup_anndata(train, condition_key=ck, labels_key=tk)
     model = sctrvae.TRVAEModel(train)
-    max_epochs = args.max_epochs or scvi.model._utils.get_max_epochs_heuristic(train.n_obs)
+    # max_epochs=None: train()'s own budget, sized by the data in optimiser steps
     print(
-        f"training on {train.n_obs} cells, up to {max_epochs} epochs (early stopping usually "
-        "ends sooner): under a minute on 2 CPU cores for the default data; a line every "
+        f"training on {train.n_obs} cells with train()'s default budget (early stopping may "
+        "end it sooner): under a minute on 2 CPU cores for the default data; a line every "
         "10 epochs",
         flush=True,
     )
     start = time.perf_counter()
-    model.train(max_epochs=max_epochs, enable_progress_bar=False, callbacks=[PrintProgress()])
+    model.train(max_epochs=args.max_epochs, enable_progress_bar=False, callbacks=[PrintProgress()])
     print(
         f"trained {len(model.history['elbo_train'])} epochs in {time.perf_counter() - start:.1f} s"
     )
