@@ -75,10 +75,11 @@ def simulate_patients(
     Returns
     -------
     AnnData with integer counts in ``X`` (CSR, float32), ``obs["condition"]`` and
-    ``obs["patient"]`` (categorical), and the truth in ``uns["simulation"]``: ``"log_means"``
-    ``(n_groups, n_conditions, n_genes)`` at each group's average program activity,
-    ``"response_genes"`` (boolean, per condition), ``"program_activity"`` ``(n_groups,
-    n_programs)``, ``"pair"`` (the look-alike pair's names), ``"pair_response"``.
+    ``obs["patient"]`` (categorical), and the truth in ``uns["simulation"]``, which holds
+    ``"log_means"`` of shape ``(n_groups, n_conditions, n_genes)`` at each group's average
+    program activity, ``"response_genes"`` (boolean, per condition), ``"program_activity"`` of
+    shape ``(n_groups, n_programs)``, ``"pair"`` (the look-alike pair's names) and
+    ``"pair_response"``.
     """
     if pair_response not in ("unlike", "alike"):
         raise ValueError(f"pair_response must be 'unlike' or 'alike', got {pair_response!r}.")
