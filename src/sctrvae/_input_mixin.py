@@ -9,7 +9,7 @@ import numpy as np
 
 from ._backed import check_backed_file
 from ._covariates import check_covariate_columns, registered_covariates
-from ._utils import selected_positions
+from ._utils import layer_matrix, selected_positions
 from ._validation import (
     check_anndata_object,
     check_expression,
@@ -23,8 +23,7 @@ class InputMixin:
 
     def _counts(self, adata: ad.AnnData):
         """The registered count matrix of ``adata`` (``X`` or the layer given at setup)."""
-        layer = self.registry_["setup_args"]["layer"]
-        return adata.X if layer is None else adata.layers[layer]
+        return layer_matrix(adata, self.registry_["setup_args"]["layer"])
 
     def _condition_code(self, condition: str) -> int:
         if str(condition) not in self.conditions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anndata as ad
 
 from ._covariates import check_covariate_columns
-from ._utils import matrix_name, registry_var_names
+from ._utils import layer_matrix, matrix_name, registry_var_names
 from ._validation import (
     check_anndata_object,
     check_condition_column,
@@ -48,4 +48,4 @@ def check_setup_arguments(
             "every cell (drop or label the cells with missing values)."
         )
     check_covariate_columns(adata.obs, condition_key, categorical_keys, continuous_keys)
-    check_finite(adata.X if layer is None else adata.layers[layer], matrix_name(layer))
+    check_finite(layer_matrix(adata, layer), matrix_name(layer))

@@ -64,6 +64,11 @@ def write_layer(
     adata.uns[key_added] = dict(record)
 
 
+def layer_matrix(adata: ad.AnnData, layer: str | None):
+    """The matrix in ``adata.layers[layer]``, or ``adata.X`` for ``None``."""
+    return adata.X if layer is None else adata.layers[layer]
+
+
 def matrix_name(layer: str | None) -> str:
     """How the count matrix in ``layer`` (``None``: ``X``) is spelled in messages."""
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"

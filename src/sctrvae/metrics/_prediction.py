@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 
-from .._utils import log1p_normalize, pearson
+from .._utils import layer_matrix, log1p_normalize, pearson
 
 #: Layer of :meth:`~sctrvae.TRVAEModel.predict`'s output with the readout, log-normalised.
 PREDICTION_LAYER = "log_normalized"
@@ -14,7 +14,7 @@ PREDICTION_LAYER = "log_normalized"
 
 def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
     """:func:`log1p_normalize` of ``adata.X`` or of a layer."""
-    return log1p_normalize(adata.X if layer is None else adata.layers[layer])
+    return log1p_normalize(layer_matrix(adata, layer))
 
 
 def prediction_expression(
@@ -45,7 +45,7 @@ def prediction_expression(
     if is_log is None:
         record = adata.uns.get(layer) if layer is not None else None
         is_log = layer == PREDICTION_LAYER or (isinstance(record, dict) and "readout" in record)
-    values = adata.X if layer is None else adata.layers[layer]
+    values = layer_matrix(adata, layer)
     if not is_log:
         return log1p_normalize(values)
     values = np.asarray(values, dtype=np.float64)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
+from .._utils import layer_matrix
 from ..metrics import log1p_normalize
 from ._similarity import group_changes
 from ._transfer_check import shared_changes
@@ -130,11 +131,7 @@ def hedge(
     hedged = np.full(predicted.shape, np.nan, dtype=np.float32)
     weights, change, se = {}, {}, {}
     groups = adata.obs[groupby].iloc[rows].astype(str).to_numpy()
-    counts = (
-        adata.X
-        if model.registry_["setup_args"]["layer"] is None
-        else adata.layers[model.registry_["setup_args"]["layer"]]
-    )
+    counts = layer_matrix(adata, model.registry_["setup_args"]["layer"])
     for t in pd.unique(groups):
         cells = rows[groups == t]
         others = train_groups[is_donor] != t  # a group never lends to itself
