@@ -318,7 +318,7 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
                 mu=px_rate, theta=theta, zi_logits=self.dropout_head(h), scale=px_scale
             )
         else:
-            px = SparseNegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
+            px = SparseNegativeBinomial(mu=px_rate, theta=theta, scale=px_scale, library=library)
         return {"y": y, "px": px}
 
     def loss(
