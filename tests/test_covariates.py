@@ -57,6 +57,25 @@ def test_training_and_latent(donor_model):
     assert np.isfinite(y).all()
 
 
+@pytest.mark.parametrize("covariates_in_y", [True, False])
+def test_covariates_meet_the_condition_in_y_by_default(covariates_in_y):
+    # y = g1(z, s, c): a donor's own response can form where the condition's does
+    module = sctrvae.TRVAEModule(
+        n_input=10,
+        n_conditions=2,
+        n_cats_per_cov=[3],
+        n_continuous_cov=1,
+        covariates_in_y=covariates_in_y,
+    ).eval()
+    z, condition = torch.randn(5, 10), torch.zeros(5, 1, dtype=torch.long)
+    cont = torch.zeros(5, 1)
+    y = [module.decoder_layer(z, condition, torch.full((5, 1), d), cont) for d in (0, 2)]
+    assert torch.equal(y[0], y[1]) is not covariates_in_y
+    y_cont = module.decoder_layer(z, condition, torch.zeros(5, 1, dtype=torch.long), cont + 1)
+    assert torch.equal(y[0], y_cont) is not covariates_in_y
+    assert sctrvae.TRVAEModule(n_input=10, n_conditions=2, n_cats_per_cov=[3]).covariates_in_y
+
+
 def test_predict_keeps_covariates_and_can_set_the_batch(donor_model):
     model, adata = donor_model
     ctrl = np.flatnonzero(adata.obs["condition"] == "control")

@@ -11,6 +11,7 @@ from scvi import REGISTRY_KEYS
 from scvi.model.base import VAEMixin
 
 from ._constants import Representation
+from ._covariates import covariate_tensors
 from ._rollback import restores_adata_on_failure
 
 
@@ -109,5 +110,6 @@ class LatentMixin(VAEMixin):
             inputs = self.module._get_inference_input(tensors)
             z = self.module.inference(**inputs, give_mean=give_mean)["z"]
             condition = tensors[REGISTRY_KEYS.BATCH_KEY]
-            chunks.append(self.module.decoder_layer(z, condition).cpu().numpy())
+            covariates = covariate_tensors(tensors)
+            chunks.append(self.module.decoder_layer(z, condition, **covariates).cpu().numpy())
         return np.concatenate(chunks)

@@ -28,7 +28,8 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
     The condition ``s`` enters the first layer of the encoder and of the decoder, and, with
     ``condition_offset``, the decoder's output as a per-gene offset ``b_s`` of the log-rates.
     The MMD between conditions is taken on ``y``. Covariates ``c`` (donor, batch, ...) enter
-    the first layer of ``g2``, after ``y``: the MMD layer is not asked to carry them.
+    the first layer of ``g2``, and, with ``covariates_in_y`` (default), ``g1`` beside the
+    condition: ``y = g1(z, s, c)``, where a donor's own response can form.
 
     Parameters
     ----------
@@ -76,6 +77,13 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         The label-aware MMD modes match cells by (label, batch) instead of label: the conditions
         are compared within each donor (``"label"``), or at equal donor proportions
         (``"reweighted"``); a donor seen in one condition only stays out of the penalty.
+    covariates_in_y
+        Also give the covariates to ``g1``, so that they meet the condition in ``y``. Without
+        it, ``y`` is the same for every donor, and the only condition × donor effect left is
+        what ``g2`` can read from a ``y`` that the MMD aligns across conditions: on simulated
+        donors whose response is partly their own, registering them without it transferred worse
+        than not registering them (``benchmarks/covariates.py``). The MMD compares conditions
+        within donors (``mmd_within_batch``), so ``y`` may carry the donor.
     condition_offset
         Add a learned offset per gene and condition to the decoder's output (the log-rates
         before the softmax, or the mean of ``"normal"``): a condition's average effect reaches
@@ -108,6 +116,7 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         n_continuous_cov: int = 0,
         encode_covariates: bool = False,
         mmd_within_batch: bool = False,
+        covariates_in_y: bool = True,
     ):
         super().__init__()
         if likelihood not in ("nb", "zinb", "normal"):
@@ -141,6 +150,7 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         self.n_continuous_cov = n_continuous_cov
         self.encode_covariates = encode_covariates
         self.mmd_within_batch = mmd_within_batch
+        self.covariates_in_y = covariates_in_y
         has_covariates = bool(n_cats_per_cov) or n_continuous_cov > 0
         encoded = n_cats_per_cov if encode_covariates else []
         norm = {"use_batch_norm": use_batch_norm, "use_layer_norm": use_layer_norm}
@@ -158,7 +168,8 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         self.g1 = FCLayers(
             n_in=n_latent,
             n_out=n_hidden,
-            n_cat_list=[n_conditions],
+            n_cat_list=[n_conditions, *(n_cats_per_cov if covariates_in_y else [])],
+            n_cont=n_continuous_cov if covariates_in_y else 0,
             n_layers=1,
             dropout_rate=0.0,
             inject_covariates=False,
@@ -209,7 +220,8 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
             f"condition_offset={self.condition_offset is not None}"
             + (
                 f", covariates: {self.n_cats_per_cov} categories, {self.n_continuous_cov} "
-                f"continuous, encode_covariates={self.encode_covariates}"
+                f"continuous, encode_covariates={self.encode_covariates}, "
+                f"covariates_in_y={self.covariates_in_y}"
                 if self.n_cats_per_cov or self.n_continuous_cov
                 else ""
             )
@@ -270,9 +282,22 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         return {"qz": qz, "z": z, "library": x.sum(-1, keepdim=True)}
 
     @auto_move_data
-    def decoder_layer(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """``y = g1(z, s)``: the first decoder layer, where the MMD compares the conditions."""
-        return self.g1(z, condition)
+    def decoder_layer(
+        self,
+        z: torch.Tensor,
+        condition: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``y = g1(z, s)``: the first decoder layer, where the MMD compares the conditions.
+
+        With ``covariates_in_y``, ``y = g1(z, s, c)``: the covariates meet the condition there,
+        so that a donor's own response can be formed where the condition's is.
+        """
+        if not self.covariates_in_y:
+            return self.g1(z, condition)
+        cats = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
+        return self.g1(z, condition, *cats, cont=cont_covs)
 
     @auto_move_data
     def generative(
@@ -292,7 +317,7 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         """
         if transform_batch is not None:
             condition = torch.full_like(condition, transform_batch)
-        y = self.decoder_layer(z, condition)
+        y = self.decoder_layer(z, condition, cat_covs, cont_covs)
         if isinstance(self.g2, nn.Identity):
             h = y
         else:

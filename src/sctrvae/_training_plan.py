@@ -11,6 +11,7 @@ from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import LambdaLR
 
+from ._covariates import covariate_tensors
 from .metrics import condition_mixing
 
 #: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
@@ -156,7 +157,7 @@ class TRVAETrainingPlan(TrainingPlan):
             z = inference_outputs["qz"].loc  # the posterior mean, as get_latent_representation
             self._representations.append(
                 {
-                    "y": self.module.decoder_layer(z, condition),
+                    "y": self.module.decoder_layer(z, condition, **covariate_tensors(batch)),
                     "z": z,
                     "condition": condition,
                     "labels": torch.zeros_like(condition) if labels is None else labels,
