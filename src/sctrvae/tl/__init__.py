@@ -1,12 +1,13 @@
 """Tools in scanpy's style: checks of transfer on your own groups, and hedged predictions."""
 
-from ._hedge import change_se, donor_shares, hedge
+from ._coverage import donor_coverage
+from ._hedge import change_se, hedge
 from ._similarity import group_changes, group_similarity
 from ._transfer_check import transfer_check
 
 __all__ = [
     "change_se",
-    "donor_shares",
+    "donor_coverage",
     "group_changes",
     "group_similarity",
     "hedge",

@@ -1,30 +1,16 @@
-"""Hedge a prediction toward the shared response where its donors are unreliable."""
+"""Hedge a prediction toward the shared response where its look-alikes are unreliable."""
 
 from __future__ import annotations
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from sklearn.neighbors import NearestNeighbors
 
 from .._utils import layer_matrix
 from ..metrics import log1p_normalize
+from ._coverage import donor_coverage
 from ._similarity import group_changes
 from ._transfer_check import shared_changes
-
-
-def donor_shares(
-    query: np.ndarray, reference: np.ndarray, reference_groups: np.ndarray, n_neighbors: int = 30
-) -> pd.Series:
-    """Share of each reference group among the ``n_neighbors`` nearest neighbours of the queries.
-
-    How much a group's cells borrow from each training group: the model lends a cell the
-    response of the cells it looks like in ``z``.
-    """
-    nn = NearestNeighbors(n_neighbors=min(n_neighbors, len(reference))).fit(reference)
-    _, idx = nn.kneighbors(query)
-    return pd.Series(reference_groups[idx].ravel()).value_counts(normalize=True)
-
 
 #: Pseudo-count of genes' pooled error in each gene's error estimate (few left-out groups).
 PRIOR_GROUPS = 2.0
@@ -55,19 +41,28 @@ def hedge(
     key_added: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
-    """Keep of each group's predicted response only what its donors make trustworthy.
+    """Keep of each group's predicted response only what its look-alikes make trustworthy.
 
     The hedged mean change of a predicted group ``t`` is ``shared + w_t · (model − shared)``
     (log-normalised means): the shared response (mean or median change of the training
-    groups) plus a share ``w_t`` of the model's group-specific part. ``w_t`` averages the
-    training groups' ``reliability`` (from :func:`sctrvae.tl.transfer_check`: 1 where the refit
-    without the group predicted it clearly better than the mean shift, 0 where clearly worse, a
-    ramp in between) weighted by how much ``t`` borrows from
-    each: the share of that group among the ``n_neighbors`` nearest neighbours, in the model's
-    ``z``, of ``t``'s cells among the training groups' source cells. A look-alike whose own
-    response the others cannot predict is thus an unreliable donor, and a group that borrows
-    from it keeps the shared response. Every predicted cell is shifted by
-    ``(w_t − 1) · (model − shared)`` (clipped at 0).
+    groups) plus a share ``w_t`` of the model's group-specific part, with
+
+    ``w_t = 1 − (1 − L) · Σ_g coverage_g(t) · (1 − reliability_g)``, clipped to ``[0, 1]``.
+
+    ``coverage_g(t)`` (:func:`donor_coverage`) is how far training group ``g``'s source cells
+    cover ``t``'s in the model's ``z``: 1 for a look-alike whose cells mix with ``t``'s, 0 for a
+    group apart. ``reliability_g`` comes from :func:`sctrvae.tl.transfer_check`: 1 where the refit
+    without ``g``'s target cells predicted them better than the shared response did (mean and
+    median shift), else 0. A look-alike whose own response the others could not predict is an
+    unreliable donor of response for ``t``, whose prediction then falls back to the shared
+    response. ``L`` is the lending record of the check: ``Σ_h lent_h · reliability_h /
+    (Σ_h lent_h + 1)`` over the checked groups, where ``lent_h`` says how far ``h``'s cells were
+    covered by treated look-alikes in its refit. Where the check saw look-alike responses lent
+    successfully (the T-cell types of a PBMC set predicting each other), an idiosyncratic
+    look-alike is trusted more; where it saw none, the prior (one failed lending) keeps the hedge
+    cautious. A group far from every training group keeps the model's prediction, which then
+    comes from what the model learned across groups rather than from one look-alike. Every
+    predicted cell is shifted by ``(w_t − 1) · (model − shared)`` (clipped at 0).
 
     Parameters
     ----------
@@ -85,7 +80,7 @@ def hedge(
     shared
         ``"mean_shift"`` or ``"median_shift"``: the shared response hedged toward.
     n_neighbors
-        Neighbours in ``z`` that decide how much a group borrows from each training group.
+        Neighbours in ``z`` that decide how far each training group covers a predicted group.
     key_added
         Layer to write the hedged prediction to; default ``f"{layer}_hedged"``.
     copy
@@ -107,8 +102,8 @@ def hedge(
         )
     if shared not in ("mean_shift", "median_shift"):
         raise ValueError(f"shared must be 'mean_shift' or 'median_shift', got {shared!r}.")
-    if "reliability" not in check or "group" not in check:
-        raise KeyError("check must be the table of tl.transfer_check (group, reliability).")
+    if not {"group", "reliability", "lent"} <= set(check.columns):
+        raise KeyError("check must be the table of tl.transfer_check (group, reliability, lent).")
     adata = adata.copy() if copy else adata
     key_added = f"{layer}_hedged" if key_added is None else key_added
     target = adata.uns[layer]["target_condition"]
@@ -118,7 +113,9 @@ def hedge(
     sources = adata.obs[condition_key].iloc[rows].astype(str).unique()
     if len(sources) != 1:
         raise ValueError(f"The predicted cells must share one condition, found {list(sources)}.")
-    reliability = check.groupby("group", sort=False)["reliability"].first()
+    per_group = check.groupby("group", sort=False)[["reliability", "lent"]].first()
+    reliability = per_group["reliability"]
+    record = float(per_group.lent @ reliability / (per_group.lent.sum() + 1.0))
 
     train = model.adata
     _, changes = group_changes(train, groupby, condition_key, sources[0], target)
@@ -136,8 +133,9 @@ def hedge(
         cells = rows[groups == t]
         others = train_groups[is_donor] != t  # a group never lends to itself
         z = model.get_latent_representation(adata, indices=cells)
-        shares = donor_shares(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
-        weights[t] = float((shares * reliability.reindex(shares.index)).sum())
+        coverage = donor_coverage(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
+        lost = float((coverage * (1.0 - reliability.reindex(coverage.index))).sum())
+        weights[t] = float(np.clip(1.0 - (1.0 - record) * lost, 0.0, 1.0))
         base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
         model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
         correction = (weights[t] - 1.0) * (model_change - base)

@@ -11,12 +11,11 @@ from tqdm.auto import tqdm
 
 from .._utils import pearson
 from ..metrics import log_normalized, top_degs
+from ._coverage import donor_coverage
 from ._similarity import group_changes
 
 #: Verdicts of :func:`transfer_check`, by the sign of the margin.
 VERDICTS = ("the model beats the shared response here", "does not")
-#: Margin over the mean shift (Δ-Pearson) that moves a donor from unreliable (0) to reliable (1).
-RELIABILITY_SCALE = 0.2
 #: Methods a transfer check scores, in the order of its table.
 CHECK_METHODS = ("model", "mean_shift", "median_shift")
 
@@ -68,20 +67,6 @@ def score_change(
     }
 
 
-def donor_reliability(scores: dict[str, float]) -> float:
-    """How reliable a left-out group is as a donor of response, from its transfer check.
-
-    ``scores`` maps ``"model"`` and ``"mean_shift"`` to their Δ-Pearson on the group's DEGs.
-    ``0.5 + margin / RELIABILITY_SCALE``, clipped to ``[0, 1]``, with margin = model − mean
-    shift: 1 where the refit predicted the group clearly better than the others' average
-    response, 0 where clearly worse. A group whose own response the others cannot predict is
-    an unreliable donor of response for the cells that look like it. The ramp (rather than a
-    step at 0) keeps a single noisy refit from flipping the weight.
-    """
-    margin = scores["model"] - scores["mean_shift"]
-    return float(np.clip(0.5 + margin / RELIABILITY_SCALE, 0.0, 1.0))
-
-
 def transfer_check(
     model,
     groupby: str,
@@ -108,10 +93,9 @@ def transfer_check(
     have, do not trust it on a group you have not measured.
 
     **Cost**: one extra training per checked group (``k`` groups: ``k`` fits, each about as long
-    as ``model.train()``). Cheaper: ``max_steps`` (e.g. 500 instead of the default budget of
-    2,000 steps: about 4× faster) and ``groups`` (check a few). Briefly trained refits are
-    weaker and noisier than the model, and can flip a verdict (on the patients tutorial's
-    data, ``max_steps=500`` missed the unreliable donor): explore with them, check at the
+    as ``model.train()``). Cheaper: ``max_steps`` (e.g. 300 instead of the default budget of
+    at least 840 steps: about 3× faster) and ``groups`` (check a few). Briefly trained refits are
+    weaker and noisier than the model, and can flip a verdict: explore with them, check at the
     default budget before you hedge.
 
     Parameters
@@ -145,10 +129,12 @@ def transfer_check(
     ``group``, ``method``, ``pearson_delta_deg`` (Pearson r of predicted vs real mean change
     over the group's DEGs), ``r2_mean_deg`` (R² of mean expression over them), and per group
     ``margin`` (the model's Δ-Pearson minus the better baseline's), ``verdict`` ("the model
-    beats the shared response here" / "does not") and ``reliability`` (how reliable the group
-    is as a donor of response, from 0 to 1: 0.5 + the model's margin over the mean shift / 0.2,
-    clipped; see :func:`~sctrvae.tl._transfer_check.donor_reliability`; :func:`sctrvae.tl.hedge`
-    reads it).
+    beats the shared response here" / "does not") and ``reliability`` (1 where the verdict is
+    that the model beats the shared response, else 0: whether the group is a reliable donor of
+    response for its look-alikes) and ``lent`` (how far the group's source cells were covered,
+    in the refit's ``z``, by groups treated in that refit, at most 1,
+    :func:`~sctrvae.tl.donor_coverage`: where it is near 1 the check tested lending a
+    look-alike's response); :func:`sctrvae.tl.hedge` reads both.
     ``table.attrs["changes"]``: per group, the real and predicted mean changes per gene
     (lists under ``"real"``, ``"model"``, ``"mean_shift"``, ``"median_shift"``), from which
     :func:`sctrvae.tl.hedge` estimates the uncertainty of a hedged change.
@@ -178,6 +164,16 @@ def transfer_check(
         )
         refit = refit_like(model, adata[~is_target].copy(), **train_kwargs)
         model_change = predicted_change(refit, adata[is_source].copy(), target, readout, n_samples)
+        lenders = (condition == source) & np.isin(labels, changes.index) & (labels != g)
+        lent = float(
+            donor_coverage(
+                refit.get_latent_representation(adata, indices=np.flatnonzero(is_source)),
+                refit.get_latent_representation(adata, indices=np.flatnonzero(lenders)),
+                labels[lenders],
+            )
+            .sum()
+            .clip(max=1.0)
+        )
         real_change = changes.loc[g].to_numpy()
         degs = top_degs(adata[is_target], adata[is_source], n_degs)
         deg_mask = adata.var_names.isin(degs)
@@ -194,7 +190,6 @@ def transfer_check(
         margin = group_rows[0]["pearson_delta_deg"] - max(
             r["pearson_delta_deg"] for r in group_rows[1:]
         )
-        reliability = donor_reliability({r["method"]: r["pearson_delta_deg"] for r in group_rows})
         # per gene, for the uncertainty of a hedged prediction (tl.hedge); lists, because
         # pandas compares attrs with == when it combines tables
         changes_of[g] = {k: v.tolist() for k, v in {"real": real_change, **predictions}.items()}
@@ -202,7 +197,8 @@ def transfer_check(
             row.update(
                 margin=margin,
                 verdict=VERDICTS[0] if margin > 0 else VERDICTS[1],
-                reliability=reliability,
+                reliability=float(margin > 0),
+                lent=lent,
             )
         rows += group_rows
     table = pd.DataFrame(rows)
