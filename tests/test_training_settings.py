@@ -112,6 +112,15 @@ def test_one_epoch_when_the_data_outgrow_the_step_budget():
     assert run.trainer_kwargs["early_stopping_patience"] == 2  # at least two epochs
 
 
+def test_a_run_shorter_than_an_epoch_has_no_early_stopping():
+    # Kang: 14 steps per epoch; 10 steps end before the first validation epoch
+    run = training_settings(**{**KANG, "trainer_kwargs": {"max_steps": 10}})
+    assert not run.early_stopping
+    assert not run.restore_best
+    assert "early_stopping_monitor" not in run.trainer_kwargs
+    assert training_settings(**{**KANG, "trainer_kwargs": {"max_steps": 14}}).early_stopping
+
+
 @pytest.mark.parametrize(
     "split", [{"train_size": 1.0}, {"validation_size": 0.0}, {"train_size": 0.9999}]
 )

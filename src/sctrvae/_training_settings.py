@@ -112,8 +112,9 @@ def training_settings(
     external = datasplitter_kwargs.get("external_indexing")
     validated = has_validation_cells(n_obs, train_size, validation_size, external)
     no_validation = early_stopping and not distributed and not validated
-    # scvi-tools switches early stopping off under DDP, and with it validation
-    early_stopping = early_stopping and not no_validation
+    # scvi-tools switches early stopping off under DDP, and with it validation; a run shorter
+    # than an epoch ends before its first validation, with nothing to stop on
+    early_stopping = early_stopping and not no_validation and total_steps >= epoch_steps
     restore_best = early_stopping and not distributed
     if restore_best:
         if early_stopping_patience is None:
