@@ -343,7 +343,7 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
                 mu=px_rate, theta=theta, zi_logits=self.dropout_head(h), scale=px_scale
             )
         else:
-            px = SparseNegativeBinomial(mu=px_rate, theta=theta, scale=px_scale, library=library)
+            px = SparseNegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
         return {"y": y, "px": px}
 
     def loss(
