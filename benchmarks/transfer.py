@@ -71,6 +71,7 @@ from sklearn.neighbors import NearestNeighbors
 import sctrvae
 from sctrvae.metrics import top_degs
 from sctrvae.tl import change_se, donor_coverage
+from sctrvae.tl._hedge import hedge_weight
 from sctrvae.tl._transfer_check import (
     predicted_change,
     refit_like,
@@ -262,18 +263,14 @@ def weight(weighting: str, reliability: pd.Series, evidence: pd.DataFrame, fits,
         shares = pd.Series(fits[f"{t}/{t}:shares"], index=groups)[reliability.index]
         return float(shares @ reliability)
     coverage = pd.Series(fits[f"{t}/{t}:coverage"], index=groups)[reliability.index]
-    uncovered = max(0.0, 1.0 - coverage.sum())
     if weighting == "record":
+        uncovered = max(0.0, 1.0 - coverage.sum())
         novel = 1.0 - evidence["covered"]
         record = float(novel @ reliability / novel.sum()) if novel.sum() > 0 else 0.5
         return float(min(1.0, coverage @ reliability + uncovered * record))
-    if weighting == "lending":
-        # how often lending from a look-alike worked in the checks: a pessimistic prior of one
-        # failed lending event where there were none
-        lent = evidence["lent"]
-        record = float(lent @ reliability / (lent.sum() + 1.0))
-        return float(np.clip(1.0 - coverage @ (1.0 - reliability) * (1.0 - record), 0.0, 1.0))
-    return float(np.clip(1.0 - coverage @ (1.0 - reliability), 0.0, 1.0))
+    # "lending": what tl.hedge does; "coverage": the same without the lending record
+    lent = evidence["lent"] if weighting == "lending" else 0.0 * evidence["lent"]
+    return hedge_weight(coverage, reliability, lent)
 
 
 def hedged(

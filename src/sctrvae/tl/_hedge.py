@@ -12,6 +12,21 @@ from ._coverage import donor_coverage
 from ._similarity import group_changes
 from ._transfer_check import shared_changes
 
+
+def hedge_weight(coverage: pd.Series, reliability: pd.Series, lent: pd.Series) -> float:
+    """The weight ``w_t`` of a predicted group's own response (see :func:`hedge`).
+
+    ``coverage`` (training groups covering the predicted group, :func:`donor_coverage`),
+    ``reliability`` and ``lent`` (the checked groups' columns of
+    :func:`~sctrvae.tl.transfer_check`), indexed by group.
+    ``w = 1 − (1 − L) · Σ_g coverage_g · (1 − reliability_g)``, clipped to ``[0, 1]``, with the
+    lending record ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)``.
+    """
+    record = float(lent @ reliability.reindex(lent.index) / (lent.sum() + 1.0))
+    lost = float((coverage * (1.0 - reliability.reindex(coverage.index))).sum())
+    return float(np.clip(1.0 - (1.0 - record) * lost, 0.0, 1.0))
+
+
 #: Pseudo-count of genes' pooled error in each gene's error estimate (few left-out groups).
 PRIOR_GROUPS = 2.0
 
@@ -47,7 +62,8 @@ def hedge(
     (log-normalised means): the shared response (mean or median change of the training
     groups) plus a share ``w_t`` of the model's group-specific part, with
 
-    ``w_t = 1 − (1 − L) · Σ_g coverage_g(t) · (1 − reliability_g)``, clipped to ``[0, 1]``.
+    ``w_t = 1 − (1 − L) · Σ_g coverage_g(t) · (1 − reliability_g)``, clipped to ``[0, 1]``
+    (:func:`hedge_weight`).
 
     ``coverage_g(t)`` (:func:`donor_coverage`) is how far training group ``g``'s source cells
     cover ``t``'s in the model's ``z``: 1 for a look-alike whose cells mix with ``t``'s, 0 for a
@@ -115,7 +131,6 @@ def hedge(
         raise ValueError(f"The predicted cells must share one condition, found {list(sources)}.")
     per_group = check.groupby("group", sort=False)[["reliability", "lent"]].first()
     reliability = per_group["reliability"]
-    record = float(per_group.lent @ reliability / (per_group.lent.sum() + 1.0))
 
     train = model.adata
     _, changes = group_changes(train, groupby, condition_key, sources[0], target)
@@ -134,8 +149,7 @@ def hedge(
         others = train_groups[is_donor] != t  # a group never lends to itself
         z = model.get_latent_representation(adata, indices=cells)
         coverage = donor_coverage(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
-        lost = float((coverage * (1.0 - reliability.reindex(coverage.index))).sum())
-        weights[t] = float(np.clip(1.0 - (1.0 - record) * lost, 0.0, 1.0))
+        weights[t] = hedge_weight(coverage, reliability, per_group["lent"])
         base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
         model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
         correction = (weights[t] - 1.0) * (model_change - base)
