@@ -47,6 +47,28 @@ def test_log_prob_and_gradients_match_scvi(monkeypatch, path, n_samples, theta_s
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-7)
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("n_samples", [0, 3])
+@pytest.mark.parametrize("theta_shape", [(1, N_GENES), (N_CELLS, N_GENES)])
+def test_log_prob_sum_is_the_sum_over_genes_with_its_gradients(
+    monkeypatch, path, n_samples, theta_shape
+):
+    if path == "dense":
+        monkeypatch.setattr(SparseNegativeBinomial, "sparse_devices", ())
+    logits, library, log_theta, counts = nb_inputs(theta_shape, n_samples)
+    expected, expected_grads = log_prob_and_gradients(
+        NegativeBinomial, logits, library, log_theta, counts
+    )
+    params = [logits.clone().requires_grad_(), log_theta.clone().requires_grad_()]
+    mu = library * torch.softmax(params[0], -1)
+    per_cell = SparseNegativeBinomial(mu=mu, theta=params[1].exp()).log_prob_sum(counts)
+    per_cell.sum().backward()
+    assert per_cell.shape == expected.shape[:-1]
+    torch.testing.assert_close(per_cell.detach(), expected.sum(-1), rtol=1e-9, atol=1e-7)
+    for p, e in zip(params, expected_grads, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-7)
+
+
 def test_sparse_path_runs_on_cpu_only(monkeypatch):
     mu, theta = torch.full((4, 5), 2.0), torch.ones(1, 5)
     counts = torch.tensor([[0.0, 1.0, 0.0, 3.0, 0.0]] * 4)

@@ -19,6 +19,9 @@ class SparseNegativeBinomial(NegativeBinomial):
     every step, so there the dense formula of scvi-tools runs instead. Shapes broadcast as in
     scvi-tools (e.g. ``μ`` with a leading sample axis against per-cell counts). Everything else
     (mean, sampling, variance) is scvi-tools' own.
+
+    :meth:`log_prob_sum` gives the sum over genes, what a training step needs, without forming
+    the per-entry array of the count terms.
     """
 
     #: Devices on which the zero-skipping path runs; elsewhere ``log_prob`` is scvi-tools' own.
@@ -27,21 +30,42 @@ class SparseNegativeBinomial(NegativeBinomial):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if value.device.type not in self.sparse_devices:
             return super().log_prob(value)
+        zero_terms, (cells, genes), count_terms, shape = self._terms(value)
+        return zero_terms.index_put((cells, genes), count_terms, accumulate=True).reshape(shape)
+
+    def log_prob_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``log_prob(value).sum(-1)``: the log-likelihood of each cell (and sample of ``μ``)."""
+        if value.device.type not in self.sparse_devices:
+            return super().log_prob(value).sum(-1)
+        zero_terms, (cells, _), count_terms, shape = self._terms(value)
+        per_cell = zero_terms.sum(-1).index_add(0, cells, count_terms)
+        return per_cell.reshape(shape[:-1])
+
+    def _terms(self, value: torch.Tensor):
+        """The terms of every entry, as rows of cells (sample axes flattened) × genes.
+
+        Returns the dense ``θ log θ - θ log(θ + μ)``, the positions of the non-zero counts, the
+        rest of their terms there, and the broadcast shape.
+        """
         if self._validate_args:
             self._validate_sample(value)
         mu, theta = self.mu, self.theta
-        if value.shape != mu.shape:  # e.g. μ with a leading sample axis: broadcast as scvi-tools
-            shape = torch.broadcast_shapes(value.shape, mu.shape)
-            value, mu, theta = value.expand(shape), mu.expand(shape), theta.expand(shape)
-        log_theta_mu = torch.log(theta + mu + _EPS)
-        log_prob = theta * (torch.log(theta + _EPS) - log_theta_mu)
-        nonzero = (value > 0).nonzero(as_tuple=True)
-        x = value[nonzero]
-        th = theta[nonzero]
+        shape = torch.broadcast_shapes(value.shape, mu.shape, theta.shape)
+        n_genes = shape[-1]
+        value = value.expand(shape).reshape(-1, n_genes)
+        mu = mu.expand(shape).reshape(-1, n_genes)
+        # a dispersion per gene stays a row (broadcast), not an array of cells × genes
+        per_gene = theta.numel() == n_genes
+        theta = theta.reshape(1, n_genes) if per_gene else theta.expand(shape).reshape(-1, n_genes)
+        log_theta_mu = torch.log(mu + (theta + _EPS))
+        zero_terms = theta * (torch.log(theta + _EPS) - log_theta_mu)
+        cells, genes = value.nonzero(as_tuple=True)
+        x, mu_x = value[cells, genes], mu[cells, genes]
+        th = theta[0, genes] if per_gene else theta[cells, genes]
         count_terms = (
-            x * (torch.log(mu[nonzero] + _EPS) - log_theta_mu[nonzero])
+            x * (torch.log(mu_x + _EPS) - torch.log(mu_x + (th + _EPS)))
             + torch.lgamma(x + th)
             - torch.lgamma(th)
             - torch.lgamma(x + 1)
         )
-        return log_prob.index_put(nonzero, count_terms, accumulate=True)
+        return zero_terms, (cells, genes), count_terms, shape

@@ -356,7 +356,9 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         """Per-cell reconstruction + β·KL, batch-averaged, plus the weighted MMD on ``y``."""
         x = tensors[REGISTRY_KEYS.X_KEY]
         condition = tensors[REGISTRY_KEYS.BATCH_KEY]
-        reconstruction = -generative_outputs["px"].log_prob(x).sum(-1)
+        px = generative_outputs["px"]
+        log_px = px.log_prob_sum(x) if hasattr(px, "log_prob_sum") else px.log_prob(x).sum(-1)
+        reconstruction = -log_px
         qz = inference_outputs["qz"]
         kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
         labels = tensors.get(REGISTRY_KEYS.LABELS_KEY) if self.mmd_mode != "global" else None
