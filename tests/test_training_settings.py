@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sctrvae import TRVAEModel
-from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, KL_WARMUP_STEPS, MAX_STEPS, MIN_STEPS
+from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, MAX_STEPS, MIN_STEPS
 from sctrvae._training_settings import step_budget, steps_per_epoch, training_settings
 
 #: train()'s own defaults, read from its signature
@@ -29,14 +29,14 @@ def test_defaults_are_sized_in_optimiser_steps():
         "gene_lr_scale": GENE_LR_SCALE,
         "lr_schedule": "cosine",
         "lr_warmup_steps": math.ceil(0.05 * MIN_STEPS),
-        "n_steps_kl_warmup": KL_WARMUP_STEPS,  # under a quarter of the run
+        "n_steps_kl_warmup": 105,  # a quarter of the 420 steps (at most 150)
         "n_epochs_kl_warmup": None,
     }
     assert run.early_stopping
     assert run.restore_best
     assert not run.no_validation
     assert run.trainer_kwargs["early_stopping_patience"] == 11  # 150 steps
-    assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 11  # the KL warm-up: 150 steps
+    assert run.trainer_kwargs["early_stopping_warmup_epochs"] == 8  # the KL warm-up: 105 steps
     assert run.trainer_kwargs["early_stopping_monitor"] == "validation_loss"
     assert run.datasplitter_kwargs == {"min_cells_per_condition": 8}
 
@@ -47,7 +47,7 @@ def test_defaults_are_sized_in_optimiser_steps():
         (1_556, 11, MIN_STEPS),  # 1.5k x 1.3k
         (1_975, 14, MIN_STEPS),  # Kang
         (5_000, 36, MIN_STEPS),  # 5k x 300
-        (20_000, 141, MIN_STEPS),  # 5 epochs would be 705 steps
+        (20_000, 141, 705),  # 5 epochs
         (40_000, 282, 1_410),  # 5 epochs
         (200_000, 1_407, MAX_STEPS),  # 5 epochs would be 7,035 steps
         (1_000_000, 7_032, 7_032),  # one epoch, every cell seen once

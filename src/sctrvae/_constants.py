@@ -40,7 +40,9 @@ PATIENCE_STEPS = 150
 #: dataset is bound by the optimiser (``MIN_STEPS``, however few its cells), a large one by the
 #: passes its cells need, up to ``MAX_STEPS``.
 BUDGET_EPOCHS = 5
-#: Fewest optimiser steps of the default budget.
-MIN_STEPS = 840
+#: Fewest optimiser steps of the default budget. With the output bias started at the genes'
+#: average profile (``TRVAEModule.start_from_profiles``), 420 steps matched what 840 from a zero
+#: bias reached on the 7 Kang folds × 3 seeds (``benchmarks/results/speed_candidates.md``).
+MIN_STEPS = 420
 #: Most optimiser steps of the default budget, unless one epoch is longer.
 MAX_STEPS = 4000

@@ -11,6 +11,7 @@ import pandas as pd
 # scvi-tools' view_anndata_setup calls rich.pretty without importing it; rich < 15 imported it
 # at the top of rich.console, rich 15 imports it lazily
 import rich.pretty  # noqa: F401
+import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
@@ -25,6 +26,7 @@ from ._covariates import (
 )
 from ._data_splitter import ConditionBalancedDataSplitter
 from ._differential_mixin import DifferentialResponseMixin
+from ._initialisation import condition_gene_means
 from ._input_mixin import InputMixin
 from ._latent_mixin import LatentMixin
 from ._module import TRVAEModule
@@ -122,6 +124,14 @@ class TRVAEModel(
                 self.module.likelihood,
                 self._x_name,
             )
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).reshape(-1)
+            profiles = condition_gene_means(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+                codes,
+                self.module.n_conditions,
+                self.module.likelihood,
+            )
+            self.module.start_from_profiles(torch.as_tensor(profiles, dtype=torch.float32))
         self._model_summary_string = f"TRVAEModel: {self.module.summary}."
         # saved with the model (scvi-tools saves attributes ending in "_"); load restores it
         self.sctrvae_version_ = __version__

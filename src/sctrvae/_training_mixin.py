@@ -40,7 +40,7 @@ class TrainingMixin(UnsupervisedTrainingMixin):
         ----------
         max_epochs
             Default: a budget of optimiser steps (passed to Lightning as ``max_steps``) of 5
-            epochs, at least 840 and at most 4,000 steps, and never less than one epoch
+            epochs, at least 420 and at most 4,000 steps, and never less than one epoch
             (``BUDGET_EPOCHS``, ``MIN_STEPS``, ``MAX_STEPS``). Passing it trains at most that
             many epochs, with no step budget.
         %(param_accelerator)s

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -13,11 +14,27 @@ import pandas as pd
 import scvi
 
 from ._model import TRVAEModel
+from ._module import TRVAEModule
 from ._utils import pearson
 from .metrics import condition_mixing, log_normalized, score_log_expression, top_degs
 
 #: Reference rows :func:`leave_one_out` can add to each fold.
 REFERENCES = ("ceiling", "identity", "mean_shift", "cvae")
+
+
+@contextmanager
+def output_bias_from_zero() -> Iterator[None]:
+    """Models built inside start their output bias at 0, as every model did before it had a start.
+
+    For comparisons with the earlier defaults; see
+    :meth:`~sctrvae.TRVAEModule.start_from_profiles` for what a model does otherwise.
+    """
+    start = TRVAEModule.start_from_profiles
+    TRVAEModule.start_from_profiles = lambda module, gene_means: None
+    try:
+        yield
+    finally:
+        TRVAEModule.start_from_profiles = start
 
 
 class PeakRSS:

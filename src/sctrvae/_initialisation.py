@@ -1,0 +1,34 @@
+"""A data-driven start for the decoder's per-gene parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validation import _in_memory_blocks
+
+
+def condition_gene_means(matrix, codes: np.ndarray, n_conditions: int, likelihood: str):
+    """Each condition's gene profile, in the units of the decoder's output (genes × conditions).
+
+    Counts (``"nb"``, ``"zinb"``): the log of each gene's share of the condition's total count,
+    with one pseudo-count per gene (a gene never seen gets a low but finite value). Log-normalised
+    values (``"normal"``): each gene's mean. A backed matrix is read in row blocks.
+    """
+    sums = np.zeros((n_conditions, matrix.shape[1]))
+    cells = np.zeros(n_conditions)
+    start = 0
+    for block in _in_memory_blocks(matrix):
+        block_codes = codes[start : start + block.shape[0]]
+        start += block.shape[0]
+        one_hot = sp.csr_matrix(
+            (np.ones(len(block_codes)), (block_codes, np.arange(len(block_codes)))),
+            shape=(n_conditions, len(block_codes)),
+        )
+        block_sums = one_hot @ block
+        sums += block_sums.toarray() if sp.issparse(block_sums) else np.asarray(block_sums)
+        cells += np.bincount(block_codes, minlength=n_conditions)
+    if likelihood == "normal":
+        return (sums / np.maximum(cells, 1)[:, None]).T
+    sums += 1.0
+    return np.log(sums / sums.sum(1, keepdims=True)).T
