@@ -59,13 +59,19 @@ class SparseNegativeBinomial(NegativeBinomial):
         theta = theta.reshape(1, n_genes) if per_gene else theta.expand(shape).reshape(-1, n_genes)
         log_theta_mu = torch.log(mu + (theta + _EPS))
         zero_terms = theta * (torch.log(theta + _EPS) - log_theta_mu)
-        cells, genes = value.nonzero(as_tuple=True)
-        x, mu_x = value[cells, genes], mu[cells, genes]
-        th = theta[0, genes] if per_gene else theta[cells, genes]
+        # flat positions: one-dimensional gathers are cheaper than (cell, gene) pairs
+        flat = value.reshape(-1).nonzero().squeeze(1)
+        cells, genes = flat // n_genes, flat % n_genes
+        x, mu_x = value.reshape(-1)[flat], mu.reshape(-1)[flat]
+        if per_gene:  # lgamma(θ) (and its digamma gradient) once per gene, not per count
+            th, lgamma_th = theta[0, genes], torch.lgamma(theta[0])[genes]
+        else:
+            th = theta[cells, genes]
+            lgamma_th = torch.lgamma(th)
         count_terms = (
             x * (torch.log(mu_x + _EPS) - torch.log(mu_x + (th + _EPS)))
             + torch.lgamma(x + th)
-            - torch.lgamma(th)
+            - lgamma_th
             - torch.lgamma(x + 1)
         )
         return zero_terms, (cells, genes), count_terms, shape
