@@ -1,5 +1,6 @@
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -108,3 +109,16 @@ def test_simulate_group_effect_scales_baseline_differences():
 
     # 3x larger per-type deviations, up to the per-type normalisation of log_means
     assert spread(3.0) / spread(1.0) == pytest.approx(3.0, rel=0.05)
+
+
+def test_simulate_donors_spreads_donors_unequally_over_the_conditions():
+    adata = sctrvae.datasets.simulate_donors(n_cells=4000, condition_imbalance=0.6, seed=0)
+    control = pd.crosstab(adata.obs["donor"], adata.obs["condition"], normalize="index")["control"]
+    # the first donor mostly control (0.8), the last mostly stimulated (0.2), in between ordered
+    np.testing.assert_allclose(control.iloc[[0, -1]], [0.8, 0.2], atol=0.05)
+    assert control.is_monotonic_decreasing
+    balanced = sctrvae.datasets.simulate_donors(n_cells=4000, seed=0)
+    shares = pd.crosstab(balanced.obs["donor"], balanced.obs["condition"], normalize="index")
+    np.testing.assert_allclose(shares["control"], 0.5, atol=0.05)
+    with pytest.raises(ValueError, match="condition_imbalance"):
+        sctrvae.datasets.simulate_donors(condition_imbalance=1.0)

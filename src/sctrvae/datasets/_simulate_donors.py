@@ -20,6 +20,7 @@ def simulate_donors(
     donor_effect: float = 0.5,
     donor_response: float = 0.0,
     response_fraction: float = 0.1,
+    condition_imbalance: float = 0.0,
     library_size: float = 2000.0,
     dispersion: float = 5.0,
     seed: int = 0,
@@ -44,6 +45,13 @@ def simulate_donors(
     donor_response
         How donor-specific the response is: each donor's response is the shared one with each
         responding gene scaled by ``1 + donor_response · N(0, 1)`` (``0``: a shared response).
+    condition_imbalance
+        How unequally the donors are spread over the conditions, from ``0`` (every donor's cells
+        in each condition alike) to below ``1``: the first donor's share of cells in the first
+        condition is ``(1 + condition_imbalance) / n_conditions``, the last donor's
+        ``(1 - condition_imbalance) / n_conditions``, the others' in between (the rest is spread
+        evenly over the other conditions). Donors then differ between the conditions beside
+        the response, as in studies whose donors were not all sampled in every condition.
     response_fraction, library_size, dispersion
         As in :func:`~sctrvae.datasets.simulate`.
     seed
@@ -58,6 +66,8 @@ def simulate_donors(
     """
     if n_donors < 1 or n_cells < 1 or n_genes < 2 or n_cell_types < 1 or len(conditions) < 1:
         raise ValueError("n_cells, n_donors, n_cell_types and conditions must be positive.")
+    if not 0.0 <= condition_imbalance < 1.0:
+        raise ValueError(f"condition_imbalance must be in [0, 1), got {condition_imbalance}.")
     rng = np.random.default_rng(seed)
     n_conditions = len(conditions)
     baseline = rng.normal(0.0, 1.0, (n_cell_types, n_genes)) + rng.normal(0.0, 1.5, n_genes)
@@ -81,9 +91,8 @@ def simulate_donors(
     log_means = baseline[:, None, None] + donor_shift[None, :, None] + response
     log_means -= np.log(np.exp(log_means).sum(-1, keepdims=True))
 
-    cell_type, donor, condition = (
-        rng.integers(0, n, n_cells) for n in (n_cell_types, n_donors, n_conditions)
-    )
+    cell_type, donor = (rng.integers(0, n, n_cells) for n in (n_cell_types, n_donors))
+    condition = _draw_conditions(rng, donor, n_donors, n_conditions, condition_imbalance)
     state = rng.normal(0.0, 1.0, (n_cells, 2))
     logits = log_means[cell_type, donor, condition] + np.einsum(
         "ns,nsg->ng", state, loadings[cell_type]
@@ -114,3 +123,15 @@ def simulate_donors(
         "seed": seed,
     }
     return adata
+
+
+def _draw_conditions(rng, donor, n_donors: int, n_conditions: int, imbalance: float):
+    """Each cell's condition, from its donor's shares (see ``condition_imbalance``)."""
+    if imbalance == 0.0 or n_conditions < 2:
+        return rng.integers(0, n_conditions, donor.size)
+    tilt = np.linspace(1.0, -1.0, n_donors) if n_donors > 1 else np.zeros(1)
+    first = (1.0 + imbalance * tilt) / n_conditions
+    shares = np.repeat(((1.0 - first) / (n_conditions - 1))[:, None], n_conditions, axis=1)
+    shares[:, 0] = first
+    cumulative = shares.cumsum(1)[donor]
+    return (rng.random(donor.size)[:, None] > cumulative[:, :-1]).sum(1)
