@@ -275,6 +275,26 @@ def today(labels: bool) -> float:
     return float(df.pearson_delta_deg.mean())
 
 
+def host_reference_ms(repeats: int = 50) -> float:
+    """Median milliseconds of a fixed torch workload the size of a Kang step's dense layers.
+
+    Independent of the package: the same figure on two runs says the machine ran at the same
+    speed (shared hosts are not always as fast as their idle load average suggests).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.rand(128, 6998, generator=generator)
+    weights = torch.rand(6998, 128, generator=generator)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        hidden = torch.log1p(cells) @ weights
+        torch.softmax(hidden @ weights.T, dim=-1).log().sum()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
 def other_processes() -> str:
     """The processes using CPU beside this one (``ps``), for the report."""
     out = subprocess.run(
@@ -302,7 +322,9 @@ def write_report(df: pd.DataFrame, out: Path, wall: float, quick: bool, context:
         f"Load average (1, 5, 15 min) at the start: {context['load_start']}, at the end: "
         f"{context['load_end']}. Other processes using CPU at the start: "
         f"{context['others_start']}; at the end: {context['others_end']}. "
-        "Figures are only as idle as the machine was.",
+        "Figures are only as idle as the machine was. Host reference (a fixed torch workload the "
+        f"size of a Kang step's dense layers, `host_reference_ms`): {context['host_start']:.1f} ms "
+        f"at the start, {context['host_end']:.1f} ms at the end (compare it across runs).",
         "",
     ]
     kang = df[df.part == "kang"]
@@ -389,6 +411,7 @@ def main() -> None:
         "load_start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "others_start": other_processes(),
         "threads": os.environ.get("OMP_NUM_THREADS") or sctrvae._threads.available_cpus(),
+        "host_start": host_reference_ms(),
     }
     start = time.perf_counter()
     frames = []
@@ -408,6 +431,7 @@ def main() -> None:
     df = pd.concat(frames, ignore_index=True)
     context["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     context["others_end"] = other_processes()
+    context["host_end"] = host_reference_ms()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out.with_suffix(".csv"), index=False)
     write_report(df, args.out, time.perf_counter() - start, args.quick, context)

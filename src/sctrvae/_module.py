@@ -214,7 +214,7 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         """Start the output bias at the genes' average profile over the conditions.
 
         ``gene_means`` (genes × conditions) is in the units of the decoder's output: log
-        proportions for counts (:func:`~sctrvae._initialisation.condition_gene_means`), means
+        proportions for counts (what ``TRVAEModel`` passes, from its data), means
         for ``"normal"``. The bias is their mean over conditions, so a decoder whose hidden
         layers contribute little yet predicts about the average cell: the per-gene biases, which
         Adam moves by about a learning rate per step, no longer travel several log units from 0
