@@ -93,8 +93,8 @@ def transfer_check(
     have, do not trust it on a group you have not measured.
 
     **Cost**: one extra training per checked group (``k`` groups: ``k`` fits, each about as long
-    as ``model.train()``). Cheaper: ``max_steps`` (e.g. 300 instead of the default budget of
-    at least 840 steps: about 3× faster) and ``groups`` (check a few). Briefly trained refits are
+    as ``model.train()``). Cheaper: ``max_steps`` (e.g. 200 instead of the default budget of
+    at least 420 steps: about 2× faster) and ``groups`` (check a few). Briefly trained refits are
     weaker and noisier than the model, and can flip a verdict: explore with them, check at the
     default budget before you hedge.
 
