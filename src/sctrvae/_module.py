@@ -213,14 +213,11 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
     def start_from_profiles(self, gene_means: torch.Tensor) -> None:
         """Start the output bias at the genes' average profile over the conditions.
 
-        ``gene_means`` (genes × conditions) is in the units of the decoder's output: log
-        proportions for counts (what ``TRVAEModel`` passes, from its data), means
-        for ``"normal"``. The bias is their mean over conditions, so a decoder whose hidden
-        layers contribute little yet predicts about the average cell: the per-gene biases, which
-        Adam moves by about a learning rate per step, no longer travel several log units from 0
-        (on Kang this halved the steps needed, see ``docs/speed.md``). The condition offset
-        stays at 0: a difference of the conditions' pooled profiles mixes their response with
-        any difference of cell-type composition (a held-out type is absent from one of them).
+        ``gene_means`` (genes × conditions): log proportions for counts, means for ``"normal"``.
+        The bias is their mean over conditions: the per-gene biases, which Adam moves by about a
+        learning rate per step, no longer travel several log units from 0 (on Kang this halved
+        the steps needed, ``docs/speed.md``). The condition offset stays at 0: the conditions'
+        pooled difference would mix their response with their cell-type composition.
         """
         self.mean_head.bias.copy_(gene_means.to(self.mean_head.bias).mean(1))
 
