@@ -1,11 +1,12 @@
 import anndata as ad
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sctrvae
-from sctrvae.metrics import log_normalized, score_prediction, top_degs
+from sctrvae.metrics import log1p_normalize, log_normalized, score_prediction, top_degs
 
 
 @pytest.fixture
@@ -13,6 +14,17 @@ def populations():
     adata = sctrvae.datasets.simulate(n_cells=1200, n_genes=80, n_cell_types=1, seed=9)
     stim = (adata.obs["condition"] == "stimulated").to_numpy()
     return adata[stim].copy(), adata[~stim].copy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_log1p_normalize_scales_rows_to_ten_thousand(dtype):
+    counts = np.array([[1, 0, 3], [0, 0, 0], [2, 2, 6]], dtype=np.int64)
+    expected = np.log1p(np.array([[2500, 0, 7500], [0, 0, 0], [2000, 2000, 6000]]))
+    for x in (counts, sp.csr_matrix(counts), counts[None].repeat(2, 0)):  # draws axis too
+        values = log1p_normalize(x, dtype)
+        assert values.dtype == dtype
+        np.testing.assert_allclose(values, np.broadcast_to(expected, values.shape), rtol=1e-6)
+    assert counts[0, 0] == 1  # the input is not scaled in place
 
 
 def test_real_cells_score_perfectly_against_themselves(populations):

@@ -37,8 +37,9 @@ def calibrate_draws(
         pd.Series(["all"] * n_cells) if groups is None else pd.Series(np.asarray(groups))
     ).astype(str)
     observed_log = log1p_normalize(observed)
-    reconstructed_log = log1p_normalize(reconstruction).mean(0)  # per cell, over draws
-    corrected = log1p_normalize(predicted).astype(np.float32)
+    # per cell, over draws
+    reconstructed_log = log1p_normalize(reconstruction, np.float32).mean(0, dtype=np.float64)
+    corrected = log1p_normalize(predicted, np.float32)
     corrections = {}
     for label in pd.unique(labels):
         cells = np.flatnonzero(labels.to_numpy() == label)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from scvi.distributions import NegativeBinomial
 
+from ._nb_sampling import sample_negative_binomial
+
 _EPS = 1e-8
 
 
@@ -17,15 +19,24 @@ class SparseNegativeBinomial(NegativeBinomial):
     ``x > 0``: single-cell count matrices are mostly zeros. Finding those entries takes
     ``nonzero()``, whose output size the host must read; on an accelerator that read would stall
     every step, so there the dense formula of scvi-tools runs instead. Shapes broadcast as in
-    scvi-tools (e.g. ``μ`` with a leading sample axis against per-cell counts). Everything else
-    (mean, sampling, variance) is scvi-tools' own.
+    scvi-tools (e.g. ``μ`` with a leading sample axis against per-cell counts). On CPU, draws
+    come from :func:`~sctrvae._nb_sampling.sample_negative_binomial` (same distribution, a
+    fraction of the cost for mostly-zero counts). Everything else (mean, variance) is
+    scvi-tools' own.
 
     :meth:`log_prob_sum` gives the sum over genes, what a training step needs, without forming
     the per-entry array of the count terms.
     """
 
-    #: Devices on which the zero-skipping path runs; elsewhere ``log_prob`` is scvi-tools' own.
+    #: Devices on which the zero-skipping paths run; elsewhere ``log_prob`` and ``sample`` are
+    #: scvi-tools' own.
     sparse_devices = ("cpu",)
+
+    @torch.inference_mode()
+    def sample(self, sample_shape: torch.Size | tuple | None = None) -> torch.Tensor:
+        if self.mu.device.type not in self.sparse_devices:
+            return super().sample(sample_shape)
+        return sample_negative_binomial(self.mu, self.theta, tuple(sample_shape or ()))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if value.device.type not in self.sparse_devices:

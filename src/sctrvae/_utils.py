@@ -17,15 +17,16 @@ from scvi import REGISTRY_KEYS
 TARGET_SUM = 1e4
 
 
-def log1p_normalize(x: np.ndarray | sp.spmatrix) -> np.ndarray:
-    """Dense float64 ``log1p(x / row total × 1e4)`` of a cells × genes matrix.
+def log1p_normalize(x: np.ndarray | sp.spmatrix, dtype: np.dtype = np.float64) -> np.ndarray:
+    """Dense ``log1p(x / row total × 1e4)`` of a cells × genes matrix, in ``dtype``.
 
-    Counts or proportions alike; all-zero rows stay zero.
+    Counts or proportions alike; all-zero rows stay zero. Row totals are summed in float64.
     """
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    x = x.astype(np.float64)
-    totals = x.sum(-1, keepdims=True)
-    return np.log1p(x / np.where(totals > 0, totals, 1.0) * TARGET_SUM)
+    totals = x.sum(-1, keepdims=True, dtype=np.float64)
+    out = x.astype(dtype) / np.where(totals > 0, totals, 1.0).astype(dtype)
+    out *= TARGET_SUM
+    return np.log1p(out, out=out)
 
 
 def log_expression(values: np.ndarray, likelihood: str) -> np.ndarray:
@@ -35,7 +36,7 @@ def log_expression(values: np.ndarray, likelihood: str) -> np.ndarray:
     """
     if likelihood == "normal":
         return values.astype(np.float32)
-    return log1p_normalize(values.reshape(-1, values.shape[-1])).astype(np.float32)
+    return log1p_normalize(values.reshape(-1, values.shape[-1]), np.float32)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
