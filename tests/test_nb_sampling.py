@@ -10,8 +10,17 @@ from sctrvae._nb_sampling import MAX_INVERSE_MEAN, MAX_RATIO, sample_negative_bi
 
 N_DRAWS = 200_000
 # (mean, inverse dispersion): inverse-CDF entries (small means, heavy and light tails) and
-# gamma-Poisson ones (a large mean; a small mean whose recursion ratio is above MAX_RATIO)
-PARAMETERS = [(0.01, 0.02), (0.3, 0.4), (0.05, 5.0), (4.0, 9.0), (50.0, 1.0), (0.3, 0.05)]
+# gamma-Poisson ones (moderate and large means; a small mean whose recursion ratio is above
+# MAX_RATIO)
+PARAMETERS = [
+    (0.01, 0.02),
+    (0.3, 0.4),
+    (0.05, 5.0),
+    (0.9, 9.0),
+    (4.0, 9.0),
+    (50.0, 1.0),
+    (0.3, 0.05),
+]
 
 
 def chi_square_p(draws: np.ndarray, mu: float, theta: float) -> float:
