@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from scvi.distributions import NegativeBinomial
 
 #: Entries drawn by inverse CDF: mean at most this, and ``μ / (θ + μ)`` (the ratio of the
 #: probability recursion) at most :data:`MAX_RATIO`. Their variance is then at most twice the
@@ -22,7 +23,7 @@ def sample_negative_binomial(
     computes one entry at a time on CPU. Decoded single-cell means are mostly far below one
     count, so here most entries take one uniform draw against ``P(0) = (θ / (θ + μ))^θ`` and only
     the non-zero ones walk up the recursion ``P(k) = P(k - 1) (k - 1 + θ) / k · μ / (θ + μ)``;
-    entries with large means or long tails keep the gamma-Poisson draw. Both are exact up to
+    entries with large means or long tails keep scvi-tools' gamma-Poisson draw. Both are exact up to
     float rounding.
     """
     shape = torch.Size(sample_shape) + torch.broadcast_shapes(mu.shape, theta.shape)
@@ -33,8 +34,7 @@ def sample_negative_binomial(
     by_inverse = (mu <= MAX_INVERSE_MEAN) & (ratio <= MAX_RATIO)
 
     rest = (~by_inverse).nonzero().squeeze(1)
-    rate = torch._standard_gamma(theta[rest]) * (mu[rest] / theta[rest])
-    counts[rest] = torch.poisson(rate.clamp(max=1e8))  # scvi-tools' clamp of the gamma draw
+    counts[rest] = NegativeBinomial(mu=mu[rest], theta=theta[rest]).sample()
 
     uniform = torch.rand_like(mu)
     p_zero = torch.exp(theta * torch.log1p(-ratio))
