@@ -8,8 +8,13 @@ import pytest
 import scvi
 
 import sctrvae
-from sctrvae.metrics import log_normalized, top_degs
+from scipy.stats import t as student_t
+
+from sctrvae._utils import pearson
+from sctrvae.metrics import log_normalized
 from sctrvae.tl import _transfer_check
+from sctrvae.tl._held_out import grouped_folds
+from sctrvae.tl._transfer_check import margin_verdicts
 
 HELD_OUT = "patient_3"
 
@@ -35,46 +40,124 @@ def check(fitted):
     )
 
 
+CHECKED = ["patient_0", "patient_1", "patient_2"]
+
+
 def test_transfer_check_table(fitted, check):
     model, _ = fitted
-    # patient_3 has no stimulated cells in training: the check leaves out the other three
-    assert list(pd.unique(check.group)) == ["patient_0", "patient_1", "patient_2"]
+    # patient_3 has no stimulated cells in training: the check scores the other three
+    assert list(pd.unique(check.group)) == CHECKED
     assert check.shape[0] == 9
     assert set(check.method) == {"model", "mean_shift", "median_shift"}
     assert model.adata.uns["transfer_check"] is check
-    for _, rows in check.groupby("group"):
-        scores = rows.set_index("method").pearson_delta_deg
-        margin = scores["model"] - max(scores["mean_shift"], scores["median_shift"])
-        assert rows.margin.iloc[0] == pytest.approx(margin)
-        expected = "the model beats the shared response here" if margin > 0 else "does not"
-        assert (rows.verdict == expected).all()
-        # a reliable donor: the others predicted its response better than the shared response
-        assert rows.reliability.iloc[0] == float(margin > 0)
-        assert 0.0 <= rows.lent.iloc[0] <= 1.0
-        changes = check.attrs["changes"][rows.group.iloc[0]]
-        assert list(changes) == ["real", "model", "mean_shift", "median_shift"]
-        assert {len(v) for v in changes.values()} == {model.adata.n_vars}
-        assert ((rows.r2_mean_deg >= 0) & (rows.r2_mean_deg <= 1)).all()
+    # 2 shuffles × 2 folds: every group scored twice, by different refits
+    assert check.attrs["refits"] == 4
+    assert (check.n_scores == 2).all()
+    per_group = check.groupby("group", sort=False).first()
+    bound = student_t.ppf(0.95, 3)  # pooled over 3 groups × (2 − 1) degrees of freedom
+    for g, row in per_group.iterrows():
+        changes = check.attrs["changes"][g]
+        assert set(changes) == {"real", "degs", "model", "mean_shift", "median_shift"}
+        assert len(changes["real"]) == model.adata.n_vars
+        assert np.shape(changes["model"]) == (2, model.adata.n_vars)
+        degs = np.zeros(model.adata.n_vars, bool)
+        degs[changes["degs"]] = True
+        assert degs.sum() == 20
+        # the margin is the mean over refits of the model's lead on the better baseline
+        margins = [
+            pearson(np.asarray(changes["model"][i])[degs], np.asarray(changes["real"])[degs])
+            - max(
+                pearson(np.asarray(changes[b][i])[degs], np.asarray(changes["real"])[degs])
+                for b in ("mean_shift", "median_shift")
+            )
+            for i in range(2)
+        ]
+        assert row.margin == pytest.approx(np.mean(margins), abs=1e-9)
+        assert row.margin_se >= 0.02 / np.sqrt(2) - 1e-12
+        tscore = row.margin / row.margin_se
+        expected = (
+            "the model beats the shared response here"
+            if tscore > bound
+            else ("does not" if tscore < -bound else "undecided")
+        )
+        assert row.verdict == expected
+        assert row.reliability == pytest.approx(student_t.cdf(tscore, 3))
+        assert 0.0 <= row.lent <= 1.0
+    assert ((check.r2_mean_deg >= 0) & (check.r2_mean_deg <= 1)).all()
     assert "reliability" in repr(check)  # the per-gene attrs do not break pandas
 
 
-def test_transfer_check_baselines_are_the_other_groups_changes(fitted, check):
+def test_transfer_check_baselines_are_each_refits_training_groups(fitted, check):
     model, _ = fitted
-    adata = model.adata
-    lognorm = log_normalized(adata)
-    is_g = lambda g, c: ((adata.obs.patient == g) & (adata.obs.condition == c)).to_numpy()  # noqa: E731
-    change = {
-        g: lognorm[is_g(g, "stimulated")].mean(0) - lognorm[is_g(g, "control")].mean(0)
-        for g in ["patient_0", "patient_1", "patient_2"]
-    }
-    g = "patient_1"
-    degs = adata.var_names.isin(
-        top_degs(adata[is_g(g, "stimulated")], adata[is_g(g, "control")], 20)
+    _, change = sctrvae.tl.group_changes(
+        model.adata, "patient", "condition", "control", "stimulated"
     )
-    shared = np.median([change["patient_0"], change["patient_2"]], axis=0)
-    expected = np.corrcoef(shared[degs], change[g][degs])[0, 1]
-    row = check[(check.group == g) & (check.method == "median_shift")]
-    assert row.pearson_delta_deg.iloc[0] == pytest.approx(expected, abs=1e-6)
+    seen = dict.fromkeys(CHECKED, 0)
+    for fold in grouped_folds(CHECKED, 2, 2, random_state=0):
+        trained = change.drop(index=list(fold))
+        for g in fold:
+            stored = check.attrs["changes"][g]
+            i = seen[g]
+            np.testing.assert_allclose(stored["median_shift"][i], trained.median(0), atol=1e-6)
+            np.testing.assert_allclose(stored["mean_shift"][i], trained.mean(0), atol=1e-6)
+            seen[g] += 1
+    assert set(seen.values()) == {2}
+
+
+def test_grouped_folds_hold_every_group_out_once_per_repeat():
+    groups = [f"g{i}" for i in range(7)]
+    folds = grouped_folds(groups, 3, 4, random_state=1)
+    assert len(folds) == 12
+    for r in range(4):
+        held = [g for fold in folds[3 * r : 3 * r + 3] for g in fold]
+        assert sorted(held) == groups
+        assert {len(f) for f in folds[3 * r : 3 * r + 3]} == {2, 3}
+    # the shuffles differ, and the same seed gives the same folds
+    assert len(set(folds)) > 3
+    assert folds == grouped_folds(groups, 3, 4, random_state=1)
+    # leave-one-group-out
+    assert sorted(grouped_folds(groups, 7, 1)) == [(g,) for g in groups]
+    with pytest.raises(ValueError, match="n_folds"):
+        grouped_folds(groups, 8, 1)
+    with pytest.raises(ValueError, match="n_repeats"):
+        grouped_folds(groups, 2, 0)
+
+
+def test_margin_verdicts_call_only_what_the_refits_agree_on():
+    margins = pd.DataFrame(
+        {
+            "group": ["clear", "clear", "bad", "bad", "flip", "flip"],
+            "margin": [0.30, 0.34, -0.25, -0.31, 0.05, -0.04],
+        }
+    )
+    table = margin_verdicts(margins)
+    assert table.loc["clear", "verdict"] == "the model beats the shared response here"
+    assert table.loc["bad", "verdict"] == "does not"
+    # refits that disagree on the sign: no verdict, a reliability near one half
+    assert table.loc["flip", "verdict"] == "undecided"
+    assert 0.3 < table.loc["flip", "reliability"] < 0.7
+    assert table.loc["clear", "reliability"] > 0.95
+    assert table.loc["bad", "reliability"] < 0.05
+    # pooled spread: (0.02² + 0.03² + 0.045²) · 2 / 3 degrees of freedom
+    sd = np.sqrt((0.02**2 + 0.03**2 + 0.045**2) * 2 / 3)
+    np.testing.assert_allclose(table.margin_se, sd / np.sqrt(2))
+    # two refits that agree to the digit do not make a verdict certain: the spread's floor
+    tied = margin_verdicts(pd.DataFrame({"group": ["a", "a"], "margin": [0.01, 0.01]}))
+    assert tied.loc["a", "margin_se"] == pytest.approx(0.02 / np.sqrt(2))
+    assert tied.loc["a", "verdict"] == "undecided"
+
+
+def test_transfer_check_prints_only_its_progress_bar(fitted, capfd):
+    model, _ = fitted
+    capfd.readouterr()
+    sctrvae.tl.transfer_check(
+        model, "patient", "control", "stimulated", max_steps=5, n_degs=10, key_added=None
+    )
+    out, err = capfd.readouterr()
+    printed = out + err
+    for banner in ("GPU available", "Tip", "Loading", "Trainer.fit", "appears to be a copy"):
+        assert banner not in printed
+    assert "transfer check" in printed  # the caller's progress bar
 
 
 def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, monkeypatch):
@@ -98,19 +181,33 @@ def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, 
         progress=False,
         key_added=None,
     )
-    assert len(refits) == 1
+    assert len(refits) == 2  # one group, held out once per shuffle
     assert set(table.group) == {"patient_0"}
-    refit = refits[0]
-    assert refit.init_params_ == model.init_params_
-    obs = refit.adata.obs
-    assert not ((obs.patient == "patient_0") & (obs.condition == "stimulated")).any()
-    assert (
-        refit.adata.n_obs
-        == model.adata.n_obs
-        - (
-            (model.adata.obs.patient == "patient_0") & (model.adata.obs.condition == "stimulated")
-        ).sum()
+    for refit in refits:
+        assert refit.init_params_ == model.init_params_
+        obs = refit.adata.obs
+        assert not ((obs.patient == "patient_0") & (obs.condition == "stimulated")).any()
+        is_held_out = (model.adata.obs.patient == "patient_0") & (
+            model.adata.obs.condition == "stimulated"
+        )
+        assert refit.adata.n_obs == model.adata.n_obs - is_held_out.sum()
+
+
+def test_transfer_check_refits_share_two_and_a_half_budgets(fitted, monkeypatch):
+    model, _ = fitted
+    steps = []
+    refit_like = _transfer_check.refit_like
+
+    def spy(*args, **kwargs):
+        steps.append(kwargs["max_steps"])
+        return refit_like(*args, **{**kwargs, "max_steps": 2})
+
+    monkeypatch.setattr(_transfer_check, "refit_like", spy)
+    sctrvae.tl.transfer_check(
+        model, "patient", "control", "stimulated", n_degs=10, progress=False, key_added=None
     )
+    # a small data set trains the default budget's floor of 420 steps: 2.5 × 420 / 4 refits
+    assert steps == [262] * 4
 
 
 def test_transfer_check_rejects_groups_without_both_conditions(fitted):
@@ -142,9 +239,22 @@ def _changes(data, source, layer):
     return data.layers[layer][source].mean(0) - lognorm.mean(0)
 
 
-def test_hedge_with_unreliable_donors_returns_the_shared_response(fitted, check):
+def _coverage(model, data, source):
+    train = model.adata
+    donors = (train.obs.condition == "control").to_numpy() & (
+        train.obs.patient != HELD_OUT
+    ).to_numpy()
+    return sctrvae.tl.donor_coverage(
+        model.get_latent_representation(data, indices=np.flatnonzero(source)),
+        model.get_latent_representation(train, indices=np.flatnonzero(donors)),
+        train.obs.patient.astype(str).to_numpy()[donors],
+    )
+
+
+def test_hedge_without_refit_predictions_falls_back_to_the_shared_response(fitted, check):
     model, data, source = _predict(fitted)
     unreliable = check.assign(reliability=0.0)
+    unreliable.attrs = {k: v for k, v in check.attrs.items() if k != "predictions"}
     sctrvae.tl.hedge(model, data, unreliable, "patient", "pred")
     assert data.uns["pred_hedged"]["weights"] == {HELD_OUT: 0.0}
     hedged = _changes(data, source, "pred_hedged")
@@ -159,41 +269,63 @@ def test_hedge_with_unreliable_donors_returns_the_shared_response(fitted, check)
     assert np.isnan(data.layers["pred_hedged"][~source]).all()
 
 
-def test_hedge_with_reliable_donors_keeps_the_model(fitted, check):
+def test_hedge_falls_back_to_the_refits_without_each_look_alike(fitted, check):
+    model, data, source = _predict(fitted)
+    # the check predicted patient_3 (source cells only in training) with each of its refits
+    refits = np.asarray(check.attrs["predictions"][HELD_OUT])
+    assert refits.shape == (4, data.n_vars)
+    folds = check.attrs["folds"]
+    assert folds == [list(f) for f in grouped_folds(CHECKED, 2, 2, random_state=0)]
+    sctrvae.tl.hedge(model, data, check.assign(reliability=0.0, lent=0.0), "patient", "pred")
+    record = data.uns["pred_hedged"]
+    coverage = _coverage(model, data, source)
+    a = coverage / max(1.0, coverage.sum())
+    model_change = _changes(data, source, "pred")
+    without = {g: refits[[g in f for f in folds]].mean(0) for g in CHECKED}
+    expected = model_change - sum(a[g] * (model_change - without[g]) for g in CHECKED)
+    np.testing.assert_allclose(record["change"].loc[HELD_OUT], expected, atol=1e-5)
+    assert record["weights"][HELD_OUT] == pytest.approx(1.0 - a.sum())
+    # the interval spans, on each side, what rests on the untested lending
+    untested = sum(a[g] * np.abs(model_change - without[g]) for g in CHECKED)
+    assert (1.645 * record["change_se"].loc[HELD_OUT].to_numpy() >= untested - 1e-5).all()
+
+
+def test_hedge_with_trusted_look_alikes_keeps_the_model(fitted, check):
     model, data, source = _predict(fitted)
     sctrvae.tl.hedge(
-        model, data, check.assign(reliability=1.0), "patient", "pred", key_added="kept"
+        model, data, check.assign(reliability=1.0, lent=1.0), "patient", "pred", key_added="kept"
     )
     assert data.uns["kept"]["weights"][HELD_OUT] == pytest.approx(1.0)
     np.testing.assert_allclose(data.layers["kept"][source], data.layers["pred"][source], atol=1e-5)
 
 
-def test_hedge_weight_loses_the_cover_of_unreliable_look_alikes(fitted, check):
-    model, data, source = _predict(fitted)
-    train = model.adata
-    donors = (train.obs.condition == "control").to_numpy() & (
-        train.obs.patient != HELD_OUT
-    ).to_numpy()
-    coverage = sctrvae.tl.donor_coverage(
-        model.get_latent_representation(data, indices=np.flatnonzero(source)),
-        model.get_latent_representation(train, indices=np.flatnonzero(donors)),
-        train.obs.patient.astype(str).to_numpy()[donors],
+def test_lending_weights_trust_only_tested_lending():
+    coverage = pd.Series({"look_alike": 0.8, "apart": 0.1, "far": 0.0})
+    reliable = pd.Series(1.0, index=coverage.index)
+    # lending tested everywhere and the look-alike beat the shared response: nothing rests on
+    # untrusted lending
+    tested = pd.Series(1.0, index=coverage.index)
+    assert sctrvae.tl.lending_weights(coverage, reliable, tested).sum() == 0.0
+    # the look-alike failed where its lending was tested: its cover is lost
+    failed = reliable.copy()
+    failed["look_alike"] = 0.0
+    weights = sctrvae.tl.lending_weights(coverage, failed, tested)
+    # lending record L = 2 / (3 + 1): the other groups' lending succeeded
+    np.testing.assert_allclose(weights, [0.8, 0.0, 0.0])
+    # nothing tested lending: a reliable look-alike is trusted only as far as the record (0)
+    untested = pd.Series(0.0, index=coverage.index)
+    np.testing.assert_allclose(
+        sctrvae.tl.lending_weights(coverage, reliable, untested), [0.8, 0.1, 0.0]
     )
-    # patient_2 is patient_3's look-alike (simulate_patients' pair): it covers it, the others not
-    assert coverage["patient_2"] > 0.5
-    assert coverage.drop("patient_2").max() < 0.2
-    for unreliable in ("patient_2", "patient_0"):
-        # no lending seen in the check (lent = 0): the look-alike's cover is lost
-        one_donor = check.assign(reliability=(check.group != unreliable).astype(float), lent=0.0)
-        out = sctrvae.tl.hedge(model, data, one_donor, "patient", "pred", copy=True)
-        assert "pred_hedged" not in data.layers
-        w = out.uns["pred_hedged"]["weights"][HELD_OUT]
-        assert w == pytest.approx(1.0 - coverage[unreliable])
-    # two of the three checked groups lent successfully: the lending record L = 2 / (3 + 1)
-    lending = check.assign(reliability=(check.group != "patient_2").astype(float), lent=1.0)
-    out = sctrvae.tl.hedge(model, data, lending, "patient", "pred", copy=True)
-    w = out.uns["pred_hedged"]["weights"][HELD_OUT]
-    assert w == pytest.approx(1.0 - coverage["patient_2"] / 2)
+    # untested look-alike, lending seen to work elsewhere: trusted as far as that record
+    partly = pd.Series({"look_alike": 0.0, "apart": 1.0, "far": 1.0})
+    record = 2.0 / 3.0
+    np.testing.assert_allclose(
+        sctrvae.tl.lending_weights(coverage, reliable, partly), [0.8 * (1 - record), 0.0, 0.0]
+    )
+    # covers summing above 1 are scaled to 1
+    crowded = pd.Series({"look_alike": 0.9, "apart": 0.9, "far": 0.2})
+    assert sctrvae.tl.lending_weights(crowded, reliable, untested).sum() == pytest.approx(1.0)
 
 
 def test_donor_coverage_of_a_mixed_and_a_distant_group():
@@ -232,3 +364,26 @@ def test_change_se_pools_genes_and_inflates_for_a_new_group():
     se = sctrvae.tl.change_se(residuals, prior_groups=2.0)
     # gene 0: (2 · 1 + 2 · 0.5) / 4 = 0.75; gene 1: (0 + 2 · 0.5) / 4 = 0.25; × (1 + 1/2)
     np.testing.assert_allclose(se**2, [0.75 * 1.5, 0.25 * 1.5])
+
+
+def test_interval_se_covers_the_worst_checked_group():
+    rng = np.random.default_rng(0)
+    n_genes = 400
+    degs = [rng.choice(n_genes, 40, replace=False) for _ in range(4)]
+    residuals = []
+    for g in range(4):
+        errors = rng.normal(0.0, 0.1, (2, n_genes))
+        if g == 3:  # a group the model got wrong on its own DEGs
+            errors[:, degs[g]] = rng.normal(0.0, 1.0, (2, 40))
+        residuals.append(errors)
+    se = sctrvae.tl.interval_se(residuals, degs)
+    for g in range(4):
+        inside = np.abs(residuals[g]) <= 1.645 * se
+        assert inside[:, degs[g]].mean() >= 0.88
+        assert inside.mean() >= 0.88
+    # the per-gene scale alone, fitted to the well-predicted majority, misses that group
+    pooled = sctrvae.tl.change_se(np.vstack(residuals))
+    assert (np.abs(residuals[3][:, degs[3]]) <= 1.645 * pooled[degs[3]]).mean() < 0.8
+    # intervals stay narrow where every checked group was predicted well
+    calm = sctrvae.tl.interval_se(residuals[:3], degs[:3])
+    assert np.median(calm) < 0.5 * np.median(se)

@@ -46,3 +46,18 @@ BUDGET_EPOCHS = 5
 MIN_STEPS = 420
 #: Most optimiser steps of the default budget, unless one epoch is longer.
 MAX_STEPS = 4000
+
+#: Refits of :func:`~sctrvae.tl.transfer_check` by default: ``CHECK_REPEATS`` shuffles of the
+#: checked groups, each cut into ``CHECK_FOLDS`` folds that one refit holds out together, so
+#: every group is scored ``CHECK_REPEATS`` times by different refits.
+CHECK_FOLDS = 2
+CHECK_REPEATS = 2
+#: The refits of a check share this many default training budgets (in optimiser steps); the
+#: predictions and set-up of each refit come on top, within three fits' time in all.
+CHECK_BUDGET_FITS = 2.5
+#: Two-sided level at which a check's verdict is called; a margin whose interval holds 0 is
+#: "undecided".
+VERDICT_LEVEL = 0.9
+#: Smallest standard deviation of a margin between refits: two refits that happen to agree do
+#: not make a verdict certain.
+MIN_MARGIN_SD = 0.02

@@ -10,12 +10,13 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 from scvi import settings
+from tqdm.auto import tqdm
 
 from ._constants import Representation
 from ._model import TRVAEModel
 from ._persistence import atomic_directory, manifest_content, read_manifest
 from ._rollback import restores_adata_on_failure
-from ._utils import log_expression, selected_positions, write_layer
+from ._utils import log_expression, quiet_fitting, selected_positions, write_layer
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
@@ -83,14 +84,17 @@ class TRVAEEnsemble:
 
         With ``scvi.settings.seed = s`` member ``i`` trains with seed ``s + i`` (the setting is
         restored afterwards), so the ensemble is reproducible; without a seed each member draws
-        its own initialisation, split and minibatches.
+        its own initialisation, split and minibatches. One progress bar counts the members
+        (``enable_progress_bar=False``: none); the members' own fits print nothing but warnings.
         """
         seed = settings.seed
+        progress = train_kwargs.pop("enable_progress_bar", True)
         try:
-            for i, member in enumerate(self.members):
+            for i, member in enumerate(tqdm(self.members, desc="ensemble", disable=not progress)):
                 if seed is not None:
                     settings.seed = seed + i
-                member.train(**train_kwargs)
+                with quiet_fitting():
+                    member.train(enable_progress_bar=False, **train_kwargs)
         finally:
             if seed is not None:
                 settings.seed = seed

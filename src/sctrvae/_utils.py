@@ -5,13 +5,19 @@ A leaf module: it imports nothing of sctrvae and no scanpy, so every other modul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scvi import REGISTRY_KEYS
+
+#: Loggers whose info lines (Lightning's banner and tips, scvi-tools' setup transfers) a fit
+#: inside another function must not print.
+FIT_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
 
 #: Total counts each cell is scaled to before ``log1p``.
 TARGET_SUM = 1e4
@@ -79,3 +85,21 @@ def registry_var_names(registry: dict) -> pd.Index:
     """Training genes stored by scvi-tools in a (saved) registry."""
     field = registry["field_registries"][REGISTRY_KEYS.X_KEY]
     return pd.Index(np.asarray(field["state_registry"]["column_names"]).astype(str))
+
+
+@contextmanager
+def quiet_fitting() -> Iterator[None]:
+    """Fits and predictions inside run without info lines; warnings still show.
+
+    For the fits a function makes on its own (refits of a check, members of an ensemble): the
+    caller's progress bar is the one line the user should see.
+    """
+    loggers = [logging.getLogger(name) for name in FIT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -18,7 +18,7 @@ def simulate_patients(
     n_genes: int = 300,
     n_groups: int = 5,
     conditions: Sequence[str] = ("control", "stimulated"),
-    pair_response: Literal["unlike", "alike"] = "unlike",
+    pair_response: Literal["unlike", "alike", "own"] = "unlike",
     group_effect: float = 3.0,
     n_programs: int = 2,
     response_fraction: float = 0.15,
@@ -45,7 +45,10 @@ def simulate_patients(
     opposite idiosyncratic parts (``±idiosyncratic`` × a pattern that no state predicts), so the
     look-alikes respond least alike of all pairs, and borrowing the look-alike's response is
     wrong; ``"alike"`` is the control design, where the pair follows the shared map as every
-    other group does and responds alike.
+    other group does and responds alike. ``"own"``: there is no look-alike pair; the last group
+    looks like nobody (its own baseline and program activity, as every other group) and its
+    response carries an idiosyncratic part (``idiosyncratic`` × a pattern no state predicts):
+    a group whose response is its own, with no look-alike to blame.
 
     Parameters
     ----------
@@ -54,7 +57,8 @@ def simulate_patients(
     conditions
         Condition names; the first is the unperturbed reference.
     pair_response
-        ``"unlike"`` (the failure design) or ``"alike"`` (the control design).
+        ``"unlike"`` (the failure design), ``"alike"`` (the control design) or ``"own"`` (one
+        group with its own response and no look-alike).
     group_effect
         Scale of each group's own baseline deviation (log scale).
     n_programs
@@ -64,7 +68,8 @@ def simulate_patients(
     pair_distance
         Standard deviation of the second pair member's baseline deviation from the first.
     idiosyncratic
-        Scale of the pair's opposite responses (``"unlike"`` only).
+        Scale of the pair's opposite responses (``"unlike"``) or of the last group's own
+        response (``"own"``).
     n_cell_states
         Dimensions of the within-group state that does not affect the response.
     library_size, dispersion, chunk_size
@@ -78,11 +83,14 @@ def simulate_patients(
     ``obs["patient"]`` (categorical), and the truth in ``uns["simulation"]``, which holds
     ``"log_means"`` of shape ``(n_groups, n_conditions, n_genes)`` at each group's average
     program activity, ``"response_genes"`` (boolean, per condition), ``"program_activity"`` of
-    shape ``(n_groups, n_programs)``, ``"pair"`` (the look-alike pair's names) and
+    shape ``(n_groups, n_programs)``, ``"pair"`` (the look-alike pair's names; empty for ``"own"``),
+    ``"own_response"`` (the groups whose response no state predicts) and
     ``"pair_response"``.
     """
-    if pair_response not in ("unlike", "alike"):
-        raise ValueError(f"pair_response must be 'unlike' or 'alike', got {pair_response!r}.")
+    if pair_response not in ("unlike", "alike", "own"):
+        raise ValueError(
+            f"pair_response must be 'unlike', 'alike' or 'own', got {pair_response!r}."
+        )
     if len(conditions) < 2 or len(set(conditions)) != len(conditions):
         raise ValueError("conditions must be distinct names, at least two.")
     if n_groups < 3 or n_cells < 1 or n_genes < 10:
@@ -91,11 +99,14 @@ def simulate_patients(
     n_conditions = len(conditions)
     p, q = n_groups - 2, n_groups - 1
     deviation = group_effect * rng.normal(0.0, 1.0, (n_groups, n_genes))
-    deviation[q] = deviation[p] + rng.normal(0.0, pair_distance, n_genes)
+    paired = pair_response != "own"
+    if paired:
+        deviation[q] = deviation[p] + rng.normal(0.0, pair_distance, n_genes)
     baseline = deviation + rng.normal(0.0, 1.5, n_genes)
     programs = rng.normal(0.0, 0.5, (n_programs, n_genes))
     activity = rng.normal(0.0, 1.0, (n_groups, n_programs))
-    activity[q] = activity[p]
+    if paired:
+        activity[q] = activity[p]
     state_loadings = rng.normal(0.0, 0.3, (n_groups, n_cell_states, n_genes))
 
     # per condition: shared response, response pattern per program, the pair's own part
@@ -113,6 +124,8 @@ def simulate_patients(
         idio = idiosyncratic * rng.normal(0.0, 1.0, n_responding)
         if pair_response == "unlike":
             own[p, c, genes], own[q, c, genes] = idio, -idio
+        elif pair_response == "own":
+            own[q, c, genes] = idio
 
     def condition_logits(group, condition, program_activity):
         return (
@@ -156,7 +169,10 @@ def simulate_patients(
         "log_means": log_means.reshape(n_groups, n_conditions, n_genes),
         "response_genes": response_genes,
         "program_activity": activity,
-        "pair": [names[p], names[q]],
+        "pair": [names[p], names[q]] if paired else [],
+        "own_response": {"unlike": [names[p], names[q]], "alike": [], "own": [names[q]]}[
+            pair_response
+        ],
         "pair_response": pair_response,
         "conditions": list(conditions),
         "seed": seed,

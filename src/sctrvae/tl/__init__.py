@@ -1,7 +1,7 @@
 """Tools in scanpy's style: checks of transfer on your own groups, and hedged predictions."""
 
 from ._coverage import donor_coverage
-from ._hedge import change_se, hedge
+from ._hedge import change_se, hedge, interval_se, lending_weights
 from ._similarity import group_changes, group_similarity
 from ._transfer_check import transfer_check
 
@@ -11,5 +11,7 @@ __all__ = [
     "group_changes",
     "group_similarity",
     "hedge",
+    "interval_se",
+    "lending_weights",
     "transfer_check",
 ]

@@ -1,30 +1,38 @@
-"""Hedge a prediction toward the shared response where its look-alikes are unreliable."""
+"""Hedge a prediction where it rests on a look-alike's response that nothing tested."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from .._utils import layer_matrix
 from ..metrics import log1p_normalize
 from ._coverage import donor_coverage
+from ._held_out import shared_changes
 from ._similarity import group_changes
-from ._transfer_check import shared_changes
 
 
-def hedge_weight(coverage: pd.Series, reliability: pd.Series, lent: pd.Series) -> float:
-    """The weight ``w_t`` of a predicted group's own response (see :func:`hedge`).
+def lending_weights(coverage: pd.Series, reliability: pd.Series, lent: pd.Series) -> pd.Series:
+    """How much of a predicted group's response rests on each look-alike's untrusted lending.
 
     ``coverage`` (training groups covering the predicted group, :func:`donor_coverage`),
     ``reliability`` and ``lent`` (the checked groups' columns of
-    :func:`~sctrvae.tl.transfer_check`), indexed by group.
-    ``w = 1 − (1 − L) · Σ_g coverage_g · (1 − reliability_g)``, clipped to ``[0, 1]``, with the
-    lending record ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)``.
+    :func:`~sctrvae.tl.transfer_check`), indexed by group. A look-alike ``g`` is trusted to
+    lend its response as far as the check tested lending to ``g`` and the model then beat the
+    shared response (``lent_g · reliability_g``); for the rest, as far as the check saw lending
+    succeed anywhere, the lending record ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)``
+    (0 where the check never saw a look-alike lend). Returns
+    ``a_g = coverage_g · (1 − trust_g)``, scaled to sum to at most 1.
     """
-    record = float(lent @ reliability.reindex(lent.index) / (lent.sum() + 1.0))
-    lost = float((coverage * (1.0 - reliability.reindex(coverage.index))).sum())
-    return float(np.clip(1.0 - (1.0 - record) * lost, 0.0, 1.0))
+    lent = lent.reindex(reliability.index).fillna(0.0)
+    record = float(lent @ reliability / (lent.sum() + 1.0))
+    trust = lent * reliability + (1.0 - lent) * record
+    weights = coverage.reindex(reliability.index).fillna(0.0) * (1.0 - trust)
+    return weights / max(1.0, float(weights.sum()))
 
 
 #: Pseudo-count of genes' pooled error in each gene's error estimate (few left-out groups).
@@ -45,6 +53,33 @@ def change_se(residuals: np.ndarray, prior_groups: float = PRIOR_GROUPS) -> np.n
     return np.sqrt(pooled * (1.0 + 1.0 / k))
 
 
+def interval_se(
+    residuals: Sequence[np.ndarray], degs: Sequence[np.ndarray], level: float = 0.9
+) -> np.ndarray:
+    """Per-gene standard error of a new group's change, calibrated on the checked groups.
+
+    ``residuals``: per checked group, its real minus predicted change in each refit that scored
+    it (refits × genes); ``degs``: per checked group, the positions of its DEGs. The per-gene
+    scale is :func:`change_se` of all residuals. Each group's radius is the multiple of that
+    scale its residuals need for ``level`` of its DEGs, and of all its genes, to lie within
+    (averaged over its refits); the largest radius over the groups sets the interval: a new
+    group exchangeable with the checked ones needs more with probability at most ``1/(k + 1)``
+    (``k`` groups), and one group the model got wrong, a look-alike above all, widens every
+    interval. Returned as a standard error: the ``level`` interval is ``change ± z · se`` with
+    ``z`` the normal quantile (1.645 at 90%).
+    """
+    z = float(norm.ppf(0.5 + level / 2))
+    scale = change_se(np.vstack(residuals))
+    radii = []
+    for errors, positions in zip(residuals, degs, strict=True):
+        ratio = np.abs(np.atleast_2d(errors)) / scale
+        need = np.maximum(
+            np.quantile(ratio[:, positions], level, axis=1), np.quantile(ratio, level, axis=1)
+        )
+        radii.append(need.mean())
+    return scale * max(radii) / z
+
+
 def hedge(
     model,
     adata: ad.AnnData,
@@ -58,27 +93,32 @@ def hedge(
 ) -> ad.AnnData | None:
     """Keep of each group's predicted response only what its look-alikes make trustworthy.
 
-    The hedged mean change of a predicted group ``t`` is ``shared + w_t · (model − shared)``
-    (log-normalised means): the shared response (mean or median change of the training
-    groups) plus a share ``w_t`` of the model's group-specific part, with
+    A model lends a group ``t`` it never saw treated the response of the cells ``t`` looks
+    like. Where that lending was never tested, the hedged mean change of ``t`` falls back, for
+    the part of ``t`` each look-alike ``g`` covers, to what the check's refits predicted for
+    ``t`` without ``g``'s response:
 
-    ``w_t = 1 − (1 − L) · Σ_g coverage_g(t) · (1 − reliability_g)``, clipped to ``[0, 1]``
-    (:func:`hedge_weight`).
+    ``change_t = model_t − Σ_g a_g · (model_t − without_g)``
 
-    ``coverage_g(t)`` (:func:`donor_coverage`) is how far training group ``g``'s source cells
-    cover ``t``'s in the model's ``z``: 1 for a look-alike whose cells mix with ``t``'s, 0 for a
-    group apart. ``reliability_g`` comes from :func:`sctrvae.tl.transfer_check`: 1 where the refit
-    without ``g``'s target cells predicted them better than the shared response did (mean and
-    median shift), else 0. A look-alike whose own response the others could not predict is an
-    unreliable donor of response for ``t``, whose prediction then falls back to the shared
-    response. ``L`` is the lending record of the check: ``Σ_h lent_h · reliability_h /
-    (Σ_h lent_h + 1)`` over the checked groups, where ``lent_h`` says how far ``h``'s cells were
-    covered by treated look-alikes in its refit. Where the check saw look-alike responses lent
-    successfully (the T-cell types of a PBMC set predicting each other), an idiosyncratic
-    look-alike is trusted more; where it saw none, the prior (one failed lending) keeps the hedge
-    cautious. A group far from every training group keeps the model's prediction, which then
-    comes from what the model learned across groups rather than from one look-alike. Every
-    predicted cell is shifted by ``(w_t − 1) · (model − shared)`` (clipped at 0).
+    with ``a_g`` from :func:`lending_weights` (``coverage_g(t) · (1 − trust_g)``) and
+    ``without_g`` the mean of the predicted changes of ``t`` by the refits of
+    :func:`sctrvae.tl.transfer_check` that held ``g``'s target cells out
+    (``check.attrs["predictions"]``; the check must run on the data the model was trained on,
+    in which ``t`` has source cells only). Where the check has no predictions of ``t``, the
+    fallback is the shared response instead (``shared``: mean or median change of the training
+    groups). ``coverage_g(t)`` (:func:`donor_coverage`) is how far ``g``'s source cells cover
+    ``t``'s in the model's ``z``: a group far from every training group keeps the model's
+    prediction, which then comes from what the model learned across groups rather than from one
+    look-alike. ``trust_g`` is high where the check tested lending to ``g`` (``lent_g``: ``g``
+    was covered by treated look-alikes in its refits) and the refits beat the shared response on
+    ``g`` (``reliability_g``), and else the check's lending record. Every predicted cell is
+    shifted by the change's correction (clipped at 0).
+
+    The per-gene interval of the hedged change (``change_se``) has two parts: the refits'
+    errors on the checked groups, calibrated by :func:`interval_se` (the worst-predicted checked
+    group sets its width), and, on each side, the part of the model's prediction that rests on
+    untested lending, ``Σ_g a_g · |model_t − without_g|``: where lending a look-alike's response
+    changes the prediction and nothing tested it, the truth may lie on either side.
 
     Parameters
     ----------
@@ -94,7 +134,8 @@ def hedge(
     layer
         The predicted, log-normalised layer.
     shared
-        ``"mean_shift"`` or ``"median_shift"``: the shared response hedged toward.
+        ``"mean_shift"`` or ``"median_shift"``: the fallback where the check did not predict
+        the group.
     n_neighbors
         Neighbours in ``z`` that decide how far each training group covers a predicted group.
     key_added
@@ -105,11 +146,11 @@ def hedge(
     Returns
     -------
     ``None`` (or the copy), with ``adata.layers[key_added]`` (NaN outside the predicted rows)
-    and ``adata.uns[key_added]``: ``"weights"`` (``w_t`` per group), ``"target_condition"``,
-    ``"readout": "hedged"``, ``"layer"``, ``"shared"``, and, when ``check`` carries the
-    per-gene changes of :func:`~sctrvae.tl.transfer_check` (``check.attrs["changes"]``),
-    ``"change"`` and ``"change_se"`` (groups × genes): the hedged mean change and its standard
-    error (:func:`change_se`, from the checked groups' errors under the same weight; a 90%
+    and ``adata.uns[key_added]``: ``"weights"`` (per group, the share of the model's own
+    prediction kept, ``1 − Σ_g a_g``), ``"target_condition"``, ``"readout": "hedged"``,
+    ``"layer"``, ``"shared"``, and, when ``check`` carries the per-gene changes of
+    :func:`~sctrvae.tl.transfer_check` (``check.attrs["changes"]``), ``"change"`` and
+    ``"change_se"`` (groups × genes): the hedged mean change and its standard error (a 90%
     interval is ``change ± 1.645 · change_se``).
     """
     if layer not in adata.layers or not isinstance(adata.uns.get(layer), dict):
@@ -130,15 +171,16 @@ def hedge(
     if len(sources) != 1:
         raise ValueError(f"The predicted cells must share one condition, found {list(sources)}.")
     per_group = check.groupby("group", sort=False)[["reliability", "lent"]].first()
-    reliability = per_group["reliability"]
 
     train = model.adata
     _, changes = group_changes(train, groupby, condition_key, sources[0], target)
     train_groups = train.obs[groupby].astype(str).to_numpy()
     is_donor = (train.obs[condition_key].astype(str).to_numpy() == sources[0]) & np.isin(
-        train_groups, reliability.index
+        train_groups, per_group.index
     )
     donors_z = model.get_latent_representation(train, indices=np.flatnonzero(is_donor))
+    refit_changes = check.attrs.get("predictions", {})
+    folds = check.attrs.get("folds", [])
 
     hedged = np.full(predicted.shape, np.nan, dtype=np.float32)
     weights, change, se = {}, {}, {}
@@ -149,22 +191,29 @@ def hedge(
         others = train_groups[is_donor] != t  # a group never lends to itself
         z = model.get_latent_representation(adata, indices=cells)
         coverage = donor_coverage(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
-        weights[t] = hedge_weight(coverage, reliability, per_group["lent"])
-        base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
+        lending = lending_weights(coverage, per_group["reliability"], per_group["lent"])
         model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
-        correction = (weights[t] - 1.0) * (model_change - base)
-        hedged[cells] = np.clip(predicted[cells] + correction, 0.0, None)
-        change[t] = base + weights[t] * (model_change - base)
+        base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
+        fallback = {
+            g: _without(refit_changes.get(t), folds, g, default=base) for g in lending.index
+        }
+        rests_on = sum(
+            (a * (model_change - fallback[g]) for g, a in lending.items()),
+            np.zeros_like(model_change),
+        )
+        change[t] = model_change - rests_on
+        weights[t] = 1.0 - float(lending.sum())
+        hedged[cells] = np.clip(predicted[cells] - rests_on, 0.0, None)
         checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
         if checked:
-            residuals = np.array(
-                [
-                    np.subtract(c["real"], c[shared])
-                    - weights[t] * np.subtract(c["model"], c[shared])
-                    for c in checked.values()
-                ]
+            residuals = [np.subtract(c["real"], c["model"]) for c in checked.values()]
+            untested = sum(
+                (a * np.abs(model_change - fallback[g]) for g, a in lending.items()),
+                np.zeros_like(model_change),
             )
-            se[t] = change_se(residuals)
+            se[t] = interval_se(
+                residuals, [c["degs"] for c in checked.values()]
+            ) + untested / norm.ppf(0.95)
     adata.layers[key_added] = hedged
     adata.uns[key_added] = {
         "readout": "hedged",
@@ -177,3 +226,11 @@ def hedge(
         adata.uns[key_added]["change"] = pd.DataFrame(change, index=adata.var_names).T
         adata.uns[key_added]["change_se"] = pd.DataFrame(se, index=adata.var_names).T
     return adata if copy else None
+
+
+def _without(
+    refit_changes: list | None, folds: list, group: str, default: np.ndarray
+) -> np.ndarray:
+    """Mean predicted change by the refits that held ``group`` out; ``default`` if none."""
+    held = [c for c, fold in zip(refit_changes or [], folds, strict=False) if group in fold]
+    return np.mean(held, axis=0) if held else default

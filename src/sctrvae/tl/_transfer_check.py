@@ -1,4 +1,7 @@
-"""Leave-one-group-out inside the training data: does the model beat the shared response."""
+"""Does the model beat the shared response on your groups, and how sure is that verdict.
+
+Repeated grouped cross-validation inside the training data.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +10,74 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 from tqdm.auto import tqdm
 
-from .._utils import pearson
-from ..metrics import log_normalized, top_degs
+from .._constants import (
+    CHECK_BUDGET_FITS,
+    CHECK_FOLDS,
+    CHECK_REPEATS,
+    MIN_MARGIN_SD,
+    VERDICT_LEVEL,
+)
+from .._training_settings import step_budget, steps_per_epoch
+from .._utils import quiet_fitting
 from ._coverage import donor_coverage
-from ._similarity import group_changes
+from ._held_out import (
+    GroupedData,
+    grouped_folds,
+    predicted_change,
+    refit_like,
+    score_change,
+)
 
-#: Verdicts of :func:`transfer_check`, by the sign of the margin.
-VERDICTS = ("the model beats the shared response here", "does not")
+#: Verdicts of :func:`transfer_check`.
+VERDICTS = ("the model beats the shared response here", "does not", "undecided")
 #: Methods a transfer check scores, in the order of its table.
 CHECK_METHODS = ("model", "mean_shift", "median_shift")
 
 
-def refit_like(model, adata: ad.AnnData, **train_kwargs):
-    """A model of ``model``'s class, set up and initialised as ``model`` was, trained on ``adata``.
+def margin_verdicts(margins: pd.DataFrame, level: float = VERDICT_LEVEL) -> pd.DataFrame:
+    """Per group: mean margin, its standard error, verdict and reliability.
 
-    ``adata`` is set up with the registered arguments of ``model`` (``setup_args`` of its
-    registry) and the model is built with ``model.init_params_``.
+    ``margins`` has one row per score (columns ``group``, ``margin``: the model's Δ-Pearson minus
+    the better baseline's in one refit). The spread between refits is pooled over groups (each
+    group has few scores), floored at ``MIN_MARGIN_SD``; a verdict is called where the
+    ``level`` two-sided t interval of the mean margin excludes 0, else "undecided".
+    ``reliability`` is the probability, under that t distribution, that the margin is positive.
     """
-    setup_args = {k: v for k, v in model.registry_["setup_args"].items() if v is not None}
-    params = model.init_params_
-    init_kwargs = {**params["non_kwargs"], **params["kwargs"].get("module_kwargs", {})}
-    cls = type(model)
-    cls.setup_anndata(adata, **setup_args)
-    refit = cls(adata, **init_kwargs)
-    refit.train(**{"enable_progress_bar": False, **train_kwargs})
-    return refit
-
-
-def predicted_change(
-    model, source: ad.AnnData, target_condition: str, readout: str, n_samples: int | None
-) -> np.ndarray:
-    """Mean log-normalised prediction of ``source``'s cells minus their own mean."""
-    pred = model.predict(
-        source, target_condition=target_condition, readout=readout, n_samples=n_samples
+    per_group = margins.groupby("group", sort=False)["margin"]
+    mean, n = per_group.mean(), per_group.count()
+    deviations = margins["margin"] - margins["group"].map(mean)
+    df = int((n - 1).sum())
+    sd = float(np.sqrt((deviations**2).sum() / df)) if df > 0 else 0.0
+    sd = max(sd, MIN_MARGIN_SD)
+    df = max(df, 1)
+    se = sd / np.sqrt(n)
+    tscore = mean / se
+    bound = student_t.ppf(0.5 + level / 2, df)
+    verdict = np.where(
+        tscore > bound, VERDICTS[0], np.where(tscore < -bound, VERDICTS[1], VERDICTS[2])
     )
-    return np.asarray(pred.layers["log_normalized"], dtype=np.float64).mean(0) - log_normalized(
-        source
-    ).mean(0)
+    return pd.DataFrame(
+        {
+            "margin": mean,
+            "margin_se": se,
+            "n_scores": n,
+            "verdict": verdict,
+            "reliability": student_t.cdf(tscore, df),
+        }
+    )
 
 
-def shared_changes(changes: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The shared-response baselines: mean and gene-wise median of other groups' changes."""
-    return {
-        "mean_shift": changes.mean(0).to_numpy(),
-        "median_shift": changes.median(0).to_numpy(),
-    }
-
-
-def score_change(
-    change: np.ndarray, real_change: np.ndarray, source_mean: np.ndarray, deg_mask: np.ndarray
-) -> dict[str, float]:
-    """Δ-Pearson and R² of means over the DEGs, of a predicted mean change (log space)."""
-    real_mean = source_mean + real_change
-    return {
-        "pearson_delta_deg": pearson(change[deg_mask], real_change[deg_mask]),
-        "r2_mean_deg": pearson((source_mean + change)[deg_mask], real_mean[deg_mask]) ** 2,
-    }
+def refit_steps(n_train: int, n_refits: int, train_kwargs: dict) -> int:
+    """Optimiser steps of each refit: ``CHECK_BUDGET_FITS`` default budgets shared by them."""
+    budget = step_budget(
+        steps_per_epoch(
+            n_train, train_kwargs.get("train_size"), train_kwargs.get("batch_size", 128)
+        )
+    )
+    return max(1, round(CHECK_BUDGET_FITS * budget / n_refits))
 
 
 def transfer_check(
@@ -77,26 +90,35 @@ def transfer_check(
     n_degs: int = 50,
     readout: str = "calibrated",
     n_samples: int | None = 5,
+    n_folds: int = CHECK_FOLDS,
+    n_repeats: int = CHECK_REPEATS,
     max_steps: int | None = None,
     train_kwargs: dict | None = None,
+    random_state: int | None = 0,
     progress: bool = True,
     key_added: str | None = "transfer_check",
 ) -> pd.DataFrame:
     """Check, on your own training data, whether the model beats the shared response.
 
-    Leave one group out over the groups that have cells in both conditions: for each such
-    group ``g``, refit a model like ``model`` (same class, :meth:`setup_anndata` arguments and
-    init parameters) on the data without ``g``'s ``target`` cells, predict them from ``g``'s
-    ``source`` cells, and score the model and two shared-response baselines on ``g``'s own top
-    DEGs: mean shift (``g``'s source cells + the average change of the other groups) and median
-    shift (the gene-wise median change). Where the model does not beat them on the groups you
-    have, do not trust it on a group you have not measured.
+    Repeated grouped cross-validation over the groups with cells in both conditions: the
+    checked groups are shuffled ``n_repeats`` times and cut into ``n_folds`` folds; for each
+    fold a model like ``model`` (same class, :meth:`setup_anndata` arguments and init
+    parameters) is refitted without the fold's ``target`` cells and predicts them from the
+    fold's ``source`` cells. Each group is so scored ``n_repeats`` times, by different refits,
+    on its own top DEGs, against two shared-response baselines built from that refit's training
+    groups: mean shift (the group's source cells + the average change of those groups) and
+    median shift (their gene-wise median change). The margin (the model's Δ-Pearson minus the
+    better baseline's) is reported with its standard error between refits, and a verdict only
+    where that allows one: "undecided" is the answer where the refits disagree or the margin is
+    small. Where the model does not beat the shared response on the groups you have, do not
+    trust it on a group you have not measured.
 
-    **Cost**: one extra training per checked group (``k`` groups: ``k`` fits, each about as long
-    as ``model.train()``). Cheaper: ``max_steps`` (e.g. 200 instead of the default budget of
-    at least 420 steps: about 2× faster) and ``groups`` (check a few). Briefly trained refits are
-    weaker and noisier than the model, and can flip a verdict: explore with them, check at the
-    default budget before you hedge.
+    **Cost**: ``n_folds × n_repeats`` refits (default 4) that share 2.5 default training
+    budgets (each refit runs ``2.5 / 4`` of the default step budget), plus their predictions:
+    at most about 3× the wall time of ``model.train()`` on the same data
+    (``benchmarks/results/transfer.md`` gives the measured ratio). ``max_steps`` sets each
+    refit's steps instead; ``groups`` checks a few groups only (they are then the ones cut
+    into folds; the other groups stay in every refit).
 
     Parameters
     ----------
@@ -109,17 +131,22 @@ def transfer_check(
     adata
         Data to check on, with counts as the model was set up; default the model's own.
     groups
-        Groups to leave out; default every group with cells in both conditions.
+        Groups to check; default every group with cells in both conditions.
     n_degs
         Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
     readout, n_samples
         Readout of :meth:`~sctrvae.TRVAEModel.predict`.
+    n_folds, n_repeats
+        Folds per shuffle (each fold's groups are held out by one refit) and shuffles.
+        ``n_folds=len(groups), n_repeats=1`` is leave-one-group-out.
     max_steps
-        Optimiser steps of each refit; default the model's default budget.
+        Optimiser steps of each refit; default the check's share of the default budget.
     train_kwargs
         Further keyword arguments of ``train()`` for each refit.
+    random_state
+        Seed of the shuffles (the refits' own randomness follows ``scvi.settings.seed``).
     progress
-        Show a progress bar over the groups.
+        Show a progress bar over the refits.
     key_added
         Also store the table in ``adata.uns[key_added]`` (``None``: do not).
 
@@ -127,82 +154,119 @@ def transfer_check(
     -------
     One row per group × method (``"model"``, ``"mean_shift"``, ``"median_shift"``):
     ``group``, ``method``, ``pearson_delta_deg`` (Pearson r of predicted vs real mean change
-    over the group's DEGs), ``r2_mean_deg`` (R² of mean expression over them), and per group
-    ``margin`` (the model's Δ-Pearson minus the better baseline's), ``verdict`` ("the model
-    beats the shared response here" / "does not") and ``reliability`` (1 where the verdict is
-    that the model beats the shared response, else 0: whether the group is a reliable donor of
-    response for its look-alikes) and ``lent`` (how far the group's source cells were covered,
-    in the refit's ``z``, by groups treated in that refit, at most 1,
-    :func:`~sctrvae.tl.donor_coverage`: where it is near 1 the check tested lending a
-    look-alike's response); :func:`sctrvae.tl.hedge` reads both.
-    ``table.attrs["changes"]``: per group, the real and predicted mean changes per gene
-    (lists under ``"real"``, ``"model"``, ``"mean_shift"``, ``"median_shift"``), from which
-    :func:`sctrvae.tl.hedge` estimates the uncertainty of a hedged change.
+    over the group's DEGs) and ``r2_mean_deg`` (R² of mean expression over them), each the
+    mean over the group's refits; and per group ``margin`` (mean over refits of the model's
+    Δ-Pearson minus the better baseline's), ``margin_se`` (its standard error: the spread
+    between refits pooled over groups, at least 0.02 per refit), ``n_scores``, ``verdict``
+    ("the model beats the shared response here" / "does not" / "undecided", at a 90% two-sided
+    t interval), ``reliability`` (the probability that the margin is positive under that t
+    distribution: whether the group is a reliable donor of response for its look-alikes) and
+    ``lent`` (how far the group's source cells were covered, in the refits' ``z``, by groups
+    treated in those refits, at most 1, :func:`~sctrvae.tl.donor_coverage`: near 1 the check
+    tested lending a look-alike's response). :func:`sctrvae.tl.hedge` reads both.
+    ``table.attrs["changes"]``: per group, the real mean change per gene (``"real"``), its DEGs'
+    positions (``"degs"``) and, per refit that scored it, the predicted changes (lists under
+    ``"model"``, ``"mean_shift"``, ``"median_shift"``), from which :func:`sctrvae.tl.hedge`
+    calibrates the intervals of a hedged change. ``table.attrs["predictions"]``: per group with
+    ``source`` cells but no ``target`` cells (the groups you predict), its predicted change by
+    each refit; ``["folds"]``: the groups each refit held out; ``["refits"]`` and
+    ``["refit_steps"]``: what the check cost.
     """
     adata = model.adata if adata is None else adata
     condition_key = model.registry_["setup_args"]["condition_key"]
-    baseline, changes = group_changes(adata, groupby, condition_key, source, target)
-    checked = list(changes.index if groups is None else groups)
-    missing = sorted(set(checked) - set(changes.index))
+    data = GroupedData(adata, groupby, condition_key, source, target, n_degs)
+    checked = list(data.groups if groups is None else groups)
+    missing = sorted(set(checked) - set(data.groups))
     if missing:
         raise ValueError(
             f"Groups {missing} lack cells in {source!r} or {target!r}; a check needs both. "
-            f"Checkable: {list(changes.index)}."
+            f"Checkable: {data.groups}."
         )
-    if len(changes) < 3:
+    if len(data.groups) < 3:
         raise ValueError("A transfer check needs at least three groups with both conditions.")
-    labels = adata.obs[groupby].astype(str).to_numpy()
-    condition = adata.obs[condition_key].astype(str).to_numpy()
+    folds = grouped_folds(checked, min(n_folds, len(checked)), n_repeats, random_state)
     train_kwargs = dict(train_kwargs or {})
-    if max_steps is not None:
-        train_kwargs["max_steps"] = max_steps
-    rows, changes_of = [], {}
-    for g in tqdm(checked, desc="transfer check", disable=not progress):
-        is_source, is_target = (
-            (labels == g) & (condition == source),
-            (labels == g) & (condition == target),
-        )
-        refit = refit_like(model, adata[~is_target].copy(), **train_kwargs)
-        model_change = predicted_change(refit, adata[is_source].copy(), target, readout, n_samples)
-        lenders = (condition == source) & np.isin(labels, changes.index) & (labels != g)
-        lent = float(
-            donor_coverage(
-                refit.get_latent_representation(adata, indices=np.flatnonzero(is_source)),
-                refit.get_latent_representation(adata, indices=np.flatnonzero(lenders)),
-                labels[lenders],
+    if max_steps is None:
+        max_steps = refit_steps(int(data.without_targets(folds[0]).sum()), len(folds), train_kwargs)
+    train_kwargs["max_steps"] = max_steps
+    scores, margins, lent = [], [], {}
+    changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
+    # groups with source cells only: those a user predicts; each refit predicts them too, so
+    # that tl.hedge sees how their prediction moves with the groups a refit was trained on
+    untreated = sorted(set(data.labels[data.is_source]) - set(data.groups))
+    untreated_changes = {u: [] for u in untreated}
+    bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
+    # the caller's progress bar is the one line a check prints
+    with quiet_fitting():
+        for keep, held_out in data.folds(folds):
+            refit = refit_like(model, adata[keep].copy(), **train_kwargs)
+            treated = np.isin(data.labels, data.groups) & ~np.isin(
+                data.labels, [h.name for h in held_out]
             )
-            .sum()
-            .clip(max=1.0)
+            lenders = np.flatnonzero(data.is_source & treated)
+            lenders_z = refit.get_latent_representation(adata, indices=lenders)
+            shared = data.shared([h.name for h in held_out])
+            for group in held_out:
+                predictions = {
+                    "model": predicted_change(
+                        refit, adata[group.source_cells].copy(), target, readout, n_samples
+                    ),
+                    **shared,
+                }
+                rows = {
+                    method: score_change(
+                        change, group.real_change, group.source_mean, group.deg_mask
+                    )
+                    for method, change in predictions.items()
+                }
+                scores += [{"group": group.name, "method": m, **s} for m, s in rows.items()]
+                best_shared = max(rows[m]["pearson_delta_deg"] for m in CHECK_METHODS[1:])
+                margins.append(
+                    {
+                        "group": group.name,
+                        "margin": rows["model"]["pearson_delta_deg"] - best_shared,
+                    }
+                )
+                covered = donor_coverage(
+                    refit.get_latent_representation(adata, indices=group.source_cells),
+                    lenders_z,
+                    data.labels[lenders],
+                )
+                lent.setdefault(group.name, []).append(float(covered.sum().clip(max=1.0)))
+                # lists, because pandas compares attrs with == when it combines tables
+                for method, change in predictions.items():
+                    changes_of[group.name][method].append(change.tolist())
+            for u in untreated:
+                cells = adata[data.is_source & (data.labels == u)].copy()
+                untreated_changes[u].append(
+                    predicted_change(refit, cells, target, readout, n_samples).tolist()
+                )
+            del refit
+            bar.update()
+    bar.close()
+    verdicts = margin_verdicts(pd.DataFrame(margins))
+    verdicts["lent"] = pd.Series({g: float(np.mean(v)) for g, v in lent.items()})
+    table = (
+        pd.DataFrame(scores)
+        .groupby(["group", "method"], sort=False)
+        .mean()
+        .reset_index()
+        .join(verdicts, on="group")
+    )
+    order = {g: i for i, g in enumerate(checked)}
+    table = table.sort_values("group", key=lambda c: c.map(order), kind="stable", ignore_index=True)
+    for g in checked:
+        group = data.group(g)
+        changes_of[g].update(
+            real=group.real_change.tolist(), degs=np.flatnonzero(group.deg_mask).tolist()
         )
-        real_change = changes.loc[g].to_numpy()
-        degs = top_degs(adata[is_target], adata[is_source], n_degs)
-        deg_mask = adata.var_names.isin(degs)
-        shared = shared_changes(changes.drop(index=g))
-        predictions = {"model": model_change, **shared}
-        group_rows = [
-            {
-                "group": g,
-                "method": method,
-                **score_change(change, real_change, baseline.loc[g].to_numpy(), deg_mask),
-            }
-            for method, change in predictions.items()
-        ]
-        margin = group_rows[0]["pearson_delta_deg"] - max(
-            r["pearson_delta_deg"] for r in group_rows[1:]
-        )
-        # per gene, for the uncertainty of a hedged prediction (tl.hedge); lists, because
-        # pandas compares attrs with == when it combines tables
-        changes_of[g] = {k: v.tolist() for k, v in {"real": real_change, **predictions}.items()}
-        for row in group_rows:
-            row.update(
-                margin=margin,
-                verdict=VERDICTS[0] if margin > 0 else VERDICTS[1],
-                reliability=float(margin > 0),
-                lent=lent,
-            )
-        rows += group_rows
-    table = pd.DataFrame(rows)
-    table.attrs["changes"] = changes_of
+    table.attrs.update(
+        changes=changes_of,
+        predictions=untreated_changes,
+        folds=[list(fold) for fold in folds],
+        refits=len(folds),
+        refit_steps=max_steps,
+    )
     if key_added is not None:
         adata.uns[key_added] = table
     return table

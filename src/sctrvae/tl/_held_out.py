@@ -1,0 +1,168 @@
+"""Hold groups' target cells out of a fit, and score what a prediction of them gets right.
+
+The one engine behind :func:`sctrvae.tl.transfer_check` and
+:func:`sctrvae.benchmark.leave_one_out`: which groups a fit holds out (:func:`grouped_folds`),
+what is known of each held-out group from its real cells (:class:`HeldOutGroup`), the
+shared-response baselines the fit's own training groups give (:func:`shared_changes`), and the
+scores of a predicted mean change (:func:`score_change`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .._utils import pearson, quiet_fitting
+from ..metrics import log_normalized, top_degs
+from ._similarity import group_changes
+
+
+def grouped_folds(
+    groups: Sequence[str], n_folds: int, n_repeats: int, random_state: int | None = 0
+) -> list[tuple[str, ...]]:
+    """Repeated grouped K-fold: ``n_repeats`` shuffles of ``groups``, each cut into ``n_folds``.
+
+    Each fold is the set of groups one fit holds out; every group is held out once per repeat.
+    ``n_folds=len(groups), n_repeats=1`` is leave-one-group-out.
+    """
+    if not 1 <= n_folds <= len(groups):
+        raise ValueError(f"n_folds must be between 1 and the {len(groups)} groups, got {n_folds}.")
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be at least 1, got {n_repeats}.")
+    rng = np.random.default_rng(random_state)
+    folds = []
+    for _ in range(n_repeats):
+        order = rng.permutation(np.asarray(groups, dtype=object))
+        folds += [tuple(sorted(fold)) for fold in np.array_split(order, n_folds)]
+    return folds
+
+
+@dataclass(frozen=True)
+class HeldOutGroup:
+    """What the real cells say of one group: its cells, mean change, baseline and DEGs."""
+
+    name: str
+    source_cells: np.ndarray
+    target_cells: np.ndarray
+    real_change: np.ndarray
+    source_mean: np.ndarray
+    deg_mask: np.ndarray
+
+
+class GroupedData:
+    """An AnnData's groups with cells in both conditions, and what their real cells say.
+
+    Parameters
+    ----------
+    adata
+        Counts in ``X``.
+    groupby, condition_key
+        Columns of ``adata.obs`` with the groups and the condition.
+    source, target
+        The condition predicted from, and the condition predicted.
+    n_degs
+        Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        groupby: str,
+        condition_key: str,
+        source: str,
+        target: str,
+        n_degs: int,
+    ):
+        self.adata, self.n_degs = adata, n_degs
+        self.baseline, self.changes = group_changes(adata, groupby, condition_key, source, target)
+        self.labels = adata.obs[groupby].astype(str).to_numpy()
+        condition = adata.obs[condition_key].astype(str).to_numpy()
+        self.is_source, self.is_target = condition == source, condition == target
+        self._held_out: dict[str, HeldOutGroup] = {}
+
+    @property
+    def groups(self) -> list[str]:
+        """Groups with cells in both conditions."""
+        return list(self.changes.index)
+
+    def group(self, name: str) -> HeldOutGroup:
+        """The real cells' view of group ``name`` (DEGs computed once)."""
+        if name not in self._held_out:
+            source = np.flatnonzero(self.is_source & (self.labels == name))
+            target = np.flatnonzero(self.is_target & (self.labels == name))
+            degs = top_degs(self.adata[target], self.adata[source], self.n_degs)
+            self._held_out[name] = HeldOutGroup(
+                name,
+                source,
+                target,
+                self.changes.loc[name].to_numpy(),
+                self.baseline.loc[name].to_numpy(),
+                self.adata.var_names.isin(degs),
+            )
+        return self._held_out[name]
+
+    def without_targets(self, held_out: Sequence[str]) -> np.ndarray:
+        """Mask of the cells a fit that holds out ``held_out`` trains on."""
+        return ~(self.is_target & np.isin(self.labels, list(held_out)))
+
+    def shared(self, held_out: Sequence[str]) -> dict[str, np.ndarray]:
+        """The shared-response baselines of a fit that holds out ``held_out``."""
+        return shared_changes(self.changes.drop(index=list(held_out)))
+
+    def folds(self, folds: Sequence[Sequence[str]]) -> Iterator[tuple[np.ndarray, list]]:
+        """Per fold: the training mask and the held-out groups (:class:`HeldOutGroup`)."""
+        for fold in folds:
+            yield self.without_targets(fold), [self.group(g) for g in fold]
+
+
+def shared_changes(changes: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The shared-response baselines: mean and gene-wise median of other groups' changes."""
+    return {
+        "mean_shift": changes.mean(0).to_numpy(),
+        "median_shift": changes.median(0).to_numpy(),
+    }
+
+
+def score_change(
+    change: np.ndarray, real_change: np.ndarray, source_mean: np.ndarray, deg_mask: np.ndarray
+) -> dict[str, float]:
+    """Δ-Pearson and R² of means over the DEGs, of a predicted mean change (log space)."""
+    real_mean = source_mean + real_change
+    return {
+        "pearson_delta_deg": pearson(change[deg_mask], real_change[deg_mask]),
+        "r2_mean_deg": pearson((source_mean + change)[deg_mask], real_mean[deg_mask]) ** 2,
+    }
+
+
+def refit_like(model, adata: ad.AnnData, **train_kwargs):
+    """A model of ``model``'s class, set up and initialised as ``model`` was, trained on ``adata``.
+
+    ``adata`` is set up with the registered arguments of ``model`` (``setup_args`` of its
+    registry) and the model is built with ``model.init_params_``. The fit prints no progress bar
+    and no Lightning banner; warnings still show.
+    """
+    setup_args = {k: v for k, v in model.registry_["setup_args"].items() if v is not None}
+    params = model.init_params_
+    init_kwargs = {**params["non_kwargs"], **params["kwargs"].get("module_kwargs", {})}
+    cls = type(model)
+    with quiet_fitting():
+        cls.setup_anndata(adata, **setup_args)
+        refit = cls(adata, **init_kwargs)
+        refit.train(**{"enable_progress_bar": False, **train_kwargs})
+    return refit
+
+
+def predicted_change(
+    model, source: ad.AnnData, target_condition: str, readout: str, n_samples: int | None
+) -> np.ndarray:
+    """Mean log-normalised prediction of ``source``'s cells minus their own mean."""
+    pred = model.predict(
+        source, target_condition=target_condition, readout=readout, n_samples=n_samples
+    )
+    return np.asarray(pred.layers["log_normalized"], dtype=np.float64).mean(0) - log_normalized(
+        source
+    ).mean(0)
