@@ -136,8 +136,8 @@ def simulated_fit(shape: str, seed: int) -> list[dict]:
     import scvi
 
     import sctrvae
-    from sctrvae._training_settings import step_budget, steps_per_epoch
     from sctrvae.benchmark import output_bias_from_zero
+    from sctrvae.train._training_settings import step_budget, steps_per_epoch
 
     n_cells, n_genes = SHAPES[shape]
     adata = sctrvae.datasets.simulate(n_cells, n_genes, seed=seed)

@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 
 import sctrvae
-from sctrvae._training_plan import GENE_PARAMETERS
 from sctrvae.benchmark import output_bias_from_zero
+from sctrvae.train._training_plan import GENE_PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
@@ -253,7 +253,7 @@ def main() -> None:
                     gene = tuple(n for n in gene if n != "mean_head.weight")
                 if "nooffset" in candidate:
                     gene = tuple(n for n in gene if n != "condition_offset")
-                sctrvae._training_plan.GENE_PARAMETERS = gene
+                sctrvae.train._training_plan.GENE_PARAMETERS = gene
                 recorder = StepRecorder()
                 load = os.getloadavg()[0]
                 start = time.perf_counter()

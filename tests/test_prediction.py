@@ -16,9 +16,9 @@ import torch
 
 import sctrvae
 from sctrvae import TRVAEModel
-from sctrvae._counterfactual import decode_counterfactual, prediction_anndata
-from sctrvae._distributions import SparseNegativeBinomial
+from sctrvae.distributions._negative_binomial import SparseNegativeBinomial
 from sctrvae.metrics import log1p_normalize
+from sctrvae.model._counterfactual import decode_counterfactual, prediction_anndata
 
 REFERENCE = Path(__file__).parent / "data" / "predict_reference.npz"
 

@@ -11,7 +11,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass
 
-from ._covariates import covariate_tensors, with_batch
+from ..data._covariates import covariate_tensors, with_batch
 
 
 @torch.inference_mode()

@@ -9,14 +9,14 @@ import anndata as ad
 import numpy as np
 import torch
 
-from ._calibration import calibrate_draws
-from ._constants import DEFAULT_DRAWS, Readout
-from ._counterfactual import decode_counterfactual, prediction_anndata
-from ._covariates import batch_code
-from ._rollback import restores_adata_on_failure
-from ._utils import log_expression, write_layer
-from ._validation import check_indices
-from ._version import __version__
+from ..._constants import DEFAULT_DRAWS, Readout
+from ..._utils import log_expression, write_layer
+from ..._version import __version__
+from ...data._covariates import batch_code
+from .._calibration import calibrate_draws
+from .._counterfactual import decode_counterfactual, prediction_anndata
+from .._rollback import restores_adata_on_failure
+from .._validation import check_indices
 
 
 class PredictionMixin:

@@ -11,11 +11,11 @@ import anndata as ad
 import numpy as np
 from scvi import settings
 
-from ._constants import Representation
-from ._model import TRVAEModel
+from .._constants import Representation
+from .._utils import log_expression, selected_positions, write_layer
 from ._persistence import atomic_directory, manifest_content, read_manifest
 from ._rollback import restores_adata_on_failure
-from ._utils import log_expression, selected_positions, write_layer
+from ._trvae import TRVAEModel
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
