@@ -11,7 +11,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass
 
-from ..data._covariates import covariate_tensors, with_batch
+from ..module._covariates import covariate_tensors, with_batch
 
 
 @torch.inference_mode()

@@ -11,8 +11,8 @@ from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..data._covariates import covariate_tensors
 from ..metrics import condition_mixing
+from ..module._covariates import covariate_tensors
 
 #: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
 #: TRVAEModule has no global KL term, so scvi-tools' ``kl_global_*`` (always 0) is not logged.

@@ -11,7 +11,7 @@ from scvi import REGISTRY_KEYS
 from scvi.model.base import VAEMixin
 
 from ..._constants import Representation
-from ...data._covariates import covariate_tensors
+from ...module._covariates import covariate_tensors
 from .._rollback import restores_adata_on_failure
 
 
