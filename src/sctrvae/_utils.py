@@ -49,6 +49,15 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
+def hedged_change(model_change: np.ndarray, shared_change: np.ndarray, weight: float) -> np.ndarray:
+    """A predicted change hedged toward the shared one: ``shared + weight · (model − shared)``.
+
+    ``weight`` is the share of the model's own (group-specific) part that is kept: 1 gives the
+    model's change, 0 the shared change (e.g. the other groups' mean or median change).
+    """
+    return shared_change + weight * (model_change - shared_change)
+
+
 def selected_positions(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
     """Positions ``indices`` selects among ``n_obs`` cells (all for ``None``; masks allowed)."""
     selected = np.arange(n_obs) if indices is None else np.asarray(indices)

@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._utils import layer_matrix
+from .._utils import hedged_change, layer_matrix
 from ..metrics import log1p_normalize
 from ._coverage import donor_coverage
 from ._similarity import group_changes
@@ -154,7 +154,7 @@ def hedge(
         model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
         correction = (weights[t] - 1.0) * (model_change - base)
         hedged[cells] = np.clip(predicted[cells] + correction, 0.0, None)
-        change[t] = base + weights[t] * (model_change - base)
+        change[t] = hedged_change(model_change, base, weights[t])
         checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
         if checked:
             residuals = np.array(
