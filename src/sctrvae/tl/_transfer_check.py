@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .._constants import PREDICTION_LAYER
 from .._utils import pearson
 from ..metrics import log_normalized, top_degs
 from ._coverage import donor_coverage
@@ -43,7 +44,7 @@ def predicted_change(
     pred = model.predict(
         source, target_condition=target_condition, readout=readout, n_samples=n_samples
     )
-    return np.asarray(pred.layers["log_normalized"], dtype=np.float64).mean(0) - log_normalized(
+    return np.asarray(pred.layers[PREDICTION_LAYER], dtype=np.float64).mean(0) - log_normalized(
         source
     ).mean(0)
 
