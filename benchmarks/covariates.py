@@ -30,20 +30,17 @@ separated).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import scvi
+from _common import RESULTS, parser, quiet, report_header
 
 import sctrvae
 from sctrvae.metrics import condition_mixing, score_prediction
 
-OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 DESIGNS = {
     "none": {"donor_effect": 0.0, "donor_response": 0.0},
     "shared": {"donor_effect": 0.5, "donor_response": 0.0},
@@ -154,15 +151,11 @@ def paired(table: pd.DataFrame) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--designs", nargs="+", default=list(DESIGNS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--max-epochs", type=int, default=None)
-    parser.add_argument("--out", default=str(OUT / "covariates"))
-    args = parser.parse_args()
-    logging.getLogger("scvi").setLevel(logging.ERROR)
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    options = parser(__doc__, out=RESULTS / "covariates", seeds=[0, 1, 2, 3, 4])
+    options.add_argument("--designs", nargs="+", default=list(DESIGNS))
+    options.add_argument("--max-epochs", type=int, default=None)
+    args = options.parse_args()
+    quiet()
     rows, start = [], time.perf_counter()
     for design in args.designs:
         for seed in args.seeds:
@@ -171,15 +164,18 @@ def main():
                 pd.DataFrame(rows).to_csv(f"{args.out}.csv", index=False)
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    minutes = (time.perf_counter() - start) / 60
-    header = (
-        f"# Registering donors (`batch_key`)\n\n`python benchmarks/covariates.py`: designs "
-        f"{args.designs}, seeds {args.seeds}, {minutes:.0f} min at OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')} on {os.cpu_count()} shared cores (other "
-        "jobs ran at the same time, so times are loose). Mean ± sd over seeds.\n\n"
+    header = report_header(
+        "Registering donors (`batch_key`)",
+        "python benchmarks/covariates.py",
+        wall=time.perf_counter() - start,
+    )
+    setting = (
+        f"Designs {args.designs}, seeds {args.seeds}, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; other jobs ran at the same time, so "
+        "times are loose. Mean ± sd over seeds.\n\n"
     )
     text = report(table) + "\n\nPaired by seed:\n\n" + paired(table) + "\n"
-    Path(f"{args.out}.md").write_text(header + text)
+    Path(f"{args.out}.md").write_text("\n".join(header) + setting + text)
     print(text)
 
 

@@ -18,25 +18,18 @@ of the held-out type's real cells) lies in ``[lfc_lower, lfc_upper]`` at 90% and
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import platform
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import scvi
-import torch
+from _common import RESULTS, parser, quiet, report_header
 from sklearn.metrics import average_precision_score
 
 import sctrvae
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMAND = "python benchmarks/differential_response.py"
 N_DEGS = 100
 BASELINE = "abs(mean observed LFC of the other types)"
 SIGNED_BASELINE = "mean observed LFC of the other types, signed"
@@ -149,14 +142,11 @@ def write_report(df: pd.DataFrame, out: Path, n_groups: int, wall: float) -> Non
         for name, baseline in (("proba_up", SIGNED_BASELINE), ("proba_de", BASELINE))
     }
     lines = [
-        "# Differential response: recovering a held-out cell type's DEGs (Kang 2018)",
-        "",
-        f"Regenerate: `SCTRVAE_KANG_PATH=... {COMMAND}` (see `benchmarks/README.md`).",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), "
-        f"torch {torch.__version__}, sctrvae {sctrvae.__version__}; total wall time "
-        f"{wall / 60:.1f} min.",
-        "",
+        *report_header(
+            "Differential response: recovering a held-out cell type's DEGs (Kang 2018)",
+            "SCTRVAE_KANG_PATH=... python benchmarks/differential_response.py",
+            wall=wall,
+        ),
         f"Folds done: {df.group.nunique()} of {n_groups} ({', '.join(pd.unique(df.group))}).",
         "",
         f"Truths: the held-out type's top-{N_DEGS} Wilcoxon genes, stimulated vs control, real "
@@ -183,14 +173,11 @@ def write_report(df: pd.DataFrame, out: Path, n_groups: int, wall: float) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default=None, help="Kang .h5ad (default: $SCTRVAE_KANG_PATH)")
-    parser.add_argument("--out", default=ROOT / "benchmarks" / "results", type=Path)
-    parser.add_argument("--groups", nargs="*", help="cell types to hold out (default: all)")
-    parser.add_argument("--models", type=Path, help="keep (and reuse) the fitted models here")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    options = parser(__doc__, out=RESULTS, kang=True)
+    options.add_argument("--groups", nargs="*", help="cell types to hold out (default: all)")
+    options.add_argument("--models", type=Path, help="keep (and reuse) the fitted models here")
+    args = options.parse_args()
+    quiet()
 
     adata = sctrvae.datasets.kang2018(path=args.data)
     groups = args.groups or list(adata.obs["cell_type"].astype("category").cat.categories)

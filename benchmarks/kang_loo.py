@@ -10,12 +10,7 @@ with ``readout="calibrated"``).
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import platform
 import time
-import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -24,12 +19,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
+from _common import KANG_FOLDS, RESULTS, parser, quiet, report_header
 
 import sctrvae
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
 METRICS = [
     "pearson_delta_deg",
     "r2_mean_deg",
@@ -54,13 +47,11 @@ def write_report(df: pd.DataFrame, out: Path, wall: float) -> None:
     cvae = df[df.method == "cvae"].set_index(["group", "readout"])
     shift = df[df.method == "mean_shift"].set_index("group")
     lines = [
-        "# Kang 2018 leave-one-cell-type-out benchmark",
-        "",
-        "Regenerate: `python benchmarks/kang_loo.py` (see `benchmarks/README.md`).",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"sctrvae {sctrvae.__version__}; total wall time {wall / 60:.1f} min.",
-        "",
+        *report_header(
+            "Kang 2018 leave-one-cell-type-out benchmark",
+            "python benchmarks/kang_loo.py",
+            wall=wall,
+        ),
         f"## Means over the {df.group.nunique()} folds ({', '.join(df.group.unique())})",
         "",
         summary.round(3).to_markdown(),
@@ -121,13 +112,10 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default=os.environ.get("SCTRVAE_KANG_PATH", DEFAULT_DATA))
-    parser.add_argument("--out", default=ROOT / "benchmarks" / "results", type=Path)
-    parser.add_argument("--groups", nargs="*", help="cell types to hold out (default: all)")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    options = parser(__doc__, out=RESULTS, kang=True)
+    options.add_argument("--groups", nargs="*", help="cell types to hold out (default: all)")
+    args = options.parse_args()
+    quiet()
 
     adata = ad.read_h5ad(args.data)
     groups = args.groups or list(adata.obs["cell_type"].astype("category").cat.categories)
@@ -135,11 +123,7 @@ def main() -> None:
     start = time.perf_counter()
     folds = []
     for group in groups:  # one fold at a time, the report rewritten after each
-        folds.append(
-            sctrvae.benchmark.leave_one_out(
-                adata, "condition", "cell_type", "control", "stimulated", groups=[group]
-            )
-        )
+        folds.append(sctrvae.benchmark.leave_one_out(adata, *KANG_FOLDS, groups=[group]))
         df = pd.concat(folds, ignore_index=True)
         df.to_csv(args.out / "kang_loo.csv", index=False)
         write_report(df, args.out, time.perf_counter() - start)

@@ -26,24 +26,18 @@ rewritten from the CSV.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import time
-import warnings
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scvi
+from _common import KANG_FOLDS, RESULTS, parser, quiet, report_header
 
 import sctrvae
 from sctrvae.metrics import log_normalized
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
-OUT = ROOT / "benchmarks" / "results"
 VARIANTS = {
     "trvae": {},
     "cvae": {"mmd_weight": 0.0},
@@ -218,11 +212,11 @@ def write_report(df: pd.DataFrame, path: Path) -> None:
     table = summary(df)
     folds = df.groupby("design", sort=False).group.unique()
     lines = [
-        "# MMD ablation",
-        "",
-        "Regenerate: `python benchmarks/mmd_ablation.py` (its docstring describes the designs and "
-        "variants).",
-        "",
+        *report_header(
+            "MMD ablation",
+            "python benchmarks/mmd_ablation.py",
+            see="its docstring describes the designs and variants",
+        ),
         SETTINGS,
         "",
         'Scores of the calibrated readout (`predict(readout="calibrated")`; `kang_normal`: the',
@@ -254,18 +248,13 @@ def write_report(df: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--designs", nargs="*", default=["a", "b", "c", "kang", "kang_normal"])
-    parser.add_argument("--folds", nargs="*", help="groups to hold out (default: per design)")
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="*", help="default: per design")
-    parser.add_argument("--sweep", action="store_true", help="the default at several weights")
-    parser.add_argument("--data", default=os.environ.get("SCTRVAE_KANG_PATH", DEFAULT_DATA))
-    parser.add_argument("--out", default=OUT, type=Path)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("scvi").setLevel(logging.ERROR)
+    options = parser(__doc__, out=RESULTS, seeds=[0, 1, 2], kang=True)
+    options.add_argument("--designs", nargs="*", default=["a", "b", "c", "kang", "kang_normal"])
+    options.add_argument("--folds", nargs="*", help="groups to hold out (default: per design)")
+    options.add_argument("--variants", nargs="*", help="default: per design")
+    options.add_argument("--sweep", action="store_true", help="the default at several weights")
+    args = options.parse_args()
+    quiet()
 
     csv = args.out / "mmd_ablation.csv"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +264,7 @@ def main() -> None:
         else pd.DataFrame(columns=["design", "group", "seed", "method"])
     )
     for design in args.designs:
-        adata, truth = load(design, Path(args.data))
+        adata, truth = load(design, args.data)
         lognorm = paper_setting(adata) if design == "kang_normal" else None
         if args.sweep:
             variants = {f"mmd_weight={w:g}": {"mmd_weight": w} for w in SWEEP_WEIGHTS}
@@ -295,10 +284,7 @@ def main() -> None:
                 else:
                     rows = sctrvae.benchmark.leave_one_out(
                         adata,
-                        "condition",
-                        "cell_type",
-                        "control",
-                        "stimulated",
+                        *KANG_FOLDS,
                         groups=[group],
                         methods=todo,
                         references=("mean_shift",),

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, parser, report_header
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 DATA = HERE / ".data-scale"
 SCARCHES_VENV = HERE / ".venv-scarches"
 SCARCHES_PINS = [
@@ -179,7 +179,7 @@ def measure(command: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(rows, batch_size: int) -> None:
+def report(rows, batch_size: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,8 +191,8 @@ def report(rows, batch_size: int) -> None:
     reference = df[df["tool"] == "scArches TRVAE"].set_index("n_cells")["seconds_per_epoch"]
     df["ratio_to_scarches"] = df["seconds_per_epoch"] / df["n_cells"].map(reference)
     df["rss_target_mb"] = 1.5 * df["csr_mb"] + 1024
-    RESULTS.mkdir(exist_ok=True)
-    df.to_csv(RESULTS / "scale.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "scale.csv", index=False)
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for (tool, path), part in df.groupby(["tool", "path"]):
@@ -201,7 +201,7 @@ def report(rows, batch_size: int) -> None:
     ax.set_title(f"{N_GENES} genes, batch size {batch_size}, {df['device'].iloc[0]}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "scale.png", dpi=120)
+    fig.savefig(out / "scale.png", dpi=120)
 
     table = df.assign(
         cells_per_s=df["cells_per_s"].round(0).astype(int),
@@ -232,10 +232,11 @@ def report(rows, batch_size: int) -> None:
     ]
     first = df.iloc[0]
     lines = [
-        "# Scale: training throughput and memory",
-        "",
-        "Regenerate: `nice -n 19 python benchmarks/scale.py` (see benchmarks/README.md, Scale).",
-        "",
+        *report_header(
+            "Scale: training throughput and memory",
+            "nice -n 19 python benchmarks/scale.py",
+            see="see `benchmarks/README.md`, Scale",
+        ),
         f"Simulated counts (`sctrvae.datasets.simulate`), {N_GENES} genes, 2 conditions, CSR "
         f"float32; {BASE_CELLS:,} cells are simulated and larger sizes stack shuffled copies of "
         f"them (about {int(first['csr_mb'] * 2**20 / 8 / first['n_cells'])} stored values per "
@@ -258,7 +259,7 @@ def report(rows, batch_size: int) -> None:
         *targets(df),
         "",
     ]
-    (RESULTS / "scale.md").write_text("\n".join(lines))
+    (out / "scale.md").write_text("\n".join(lines))
 
 
 def targets(df) -> list[str]:
@@ -298,32 +299,32 @@ def targets(df) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=2, help="per run; 1 above 100k cells")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--skip-scarches", action="store_true")
-    parser.add_argument(
+    options = parser(__doc__, out=RESULTS)
+    options.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    options.add_argument("--batch-size", type=int, default=1024)
+    options.add_argument("--epochs", type=int, default=2, help="per run; 1 above 100k cells")
+    options.add_argument("--threads", type=int, default=os.cpu_count())
+    options.add_argument("--skip-scarches", action="store_true")
+    options.add_argument(
         "--max-batches",
         type=int,
         default=25,
         help="minibatches timed per epoch, for both tools (all when the epoch is shorter)",
     )
-    parser.add_argument(
+    options.add_argument(
         "--backed-max-cells", type=int, default=100_000, help="largest size run from disk"
     )
-    parser.add_argument("--run-sctrvae", help=argparse.SUPPRESS)  # worker mode: an .h5ad
-    parser.add_argument("--path", help=argparse.SUPPRESS)
-    parser.add_argument(
+    options.add_argument("--run-sctrvae", help=argparse.SUPPRESS)  # worker mode: an .h5ad
+    options.add_argument("--path", help=argparse.SUPPRESS)
+    options.add_argument(
         "--report-only", action="store_true", help="rewrite scale.md / .png from scale.csv"
     )
-    args = parser.parse_args()
+    args = options.parse_args()
     if args.report_only:
         import pandas as pd
 
-        rows = pd.read_csv(RESULTS / "scale.csv")
-        report(rows.to_dict("records"), int(rows["batch_size"].iloc[0]))
+        rows = pd.read_csv(args.out / "scale.csv")
+        report(rows.to_dict("records"), int(rows["batch_size"].iloc[0]), args.out)
         return
     if args.run_sctrvae:
         print(json.dumps(run_sctrvae(args)))
@@ -354,7 +355,7 @@ def main() -> None:
             row["batch_size"] = args.batch_size
             print(json.dumps(row), flush=True)
             rows.append(row)
-        report(rows, args.batch_size)
+        report(rows, args.batch_size, args.out)
 
 
 if __name__ == "__main__":

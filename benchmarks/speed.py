@@ -14,7 +14,7 @@ Three parts, each a section of the report:
   log fold change (stimulated vs control, both decoded from the held-out type's control cells)
   with the simulator's true one, over all genes. Default ``train()`` (timed with the two
   predictions) against the previous default: a budget of at least 840 steps and the output
-  bias started at 0 (:func:`sctrvae.benchmark.output_bias_from_zero`).
+  bias started at 0 (``_common.output_bias_from_zero``).
 - **load**: seconds per training step on Kang, in a fresh process per setting (torch threads,
   ``OMP_WAIT_POLICY``, ``train()``'s own choice), alone and with three competing CPU-bound
   processes that this script starts and stops itself.
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import RESULTS, ROOT, output_bias_from_zero, parser, report_header
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
 SHAPES = {"1.5k x 1.3k": (1556, 1267), "5k x 300": (5000, 300), "20k x 2k": (20000, 2000)}
 #: (label, torch threads: "all" usable CPUs, 1, or None for train()'s default; torch imported
 #: before sctrvae, so that the package's OMP_WAIT_POLICY=PASSIVE comes too late for libgomp)
@@ -136,8 +135,7 @@ def simulated_fit(shape: str, seed: int) -> list[dict]:
     import scvi
 
     import sctrvae
-    from sctrvae._training_settings import step_budget, steps_per_epoch
-    from sctrvae.benchmark import output_bias_from_zero
+    from sctrvae.train._training_settings import step_budget, steps_per_epoch
 
     n_cells, n_genes = SHAPES[shape]
     adata = sctrvae.datasets.simulate(n_cells, n_genes, seed=seed)
@@ -269,7 +267,7 @@ def load_runs(path: Path, epochs: int, busy_seconds: int) -> pd.DataFrame:
 
 def today(labels: bool) -> float:
     """Today's mean Δ-Pearson over DEGs on the 7 Kang folds × 3 seeds (``mmd_ablation.csv``)."""
-    df = pd.read_csv(ROOT / "benchmarks" / "results" / "mmd_ablation.csv")
+    df = pd.read_csv(RESULTS / "mmd_ablation.csv")
     method = "reweighted" if labels else "trvae"
     df = df[(df.design == "kang") & (df.readout == "calibrated") & (df.method == method)]
     return float(df.pearson_delta_deg.mean())
@@ -311,11 +309,11 @@ def _mean_sd(values: pd.Series, digits: int = 3) -> str:
 
 def write_report(df: pd.DataFrame, out: Path, wall: float, quick: bool, context: dict) -> None:
     lines = [
-        "# Training speed of the default model and train()",
-        "",
-        f"Regenerate: `python benchmarks/speed.py{' --quick' if quick else ''}` "
-        "(see `benchmarks/README.md`, Speed).",
-        "",
+        *report_header(
+            "Training speed of the default model and train()",
+            f"python benchmarks/speed.py{' --quick' if quick else ''}",
+            see="see `benchmarks/README.md`, Speed",
+        ),
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"CPUs usable: {len(os.sched_getaffinity(0))}; torch threads in train(): "
         f"{context['threads']}; total wall time {wall / 60:.1f} min. "
@@ -392,19 +390,17 @@ def write_report(df: pd.DataFrame, out: Path, wall: float, quick: bool, context:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 folds, 1 seed, small shapes")
-    parser.add_argument("--parts", nargs="+", default=["kang", "simulated", "load"])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="simulated shapes")
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    options = parser(__doc__, out=RESULTS / "speed", kang=True)
+    options.add_argument("--quick", action="store_true", help="2 folds, 1 seed, small shapes")
+    options.add_argument("--parts", nargs="+", default=["kang", "simulated", "load"])
+    options.add_argument("--seeds", type=int, default=3, help="seeds 0 to this number - 1")
+    options.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="simulated shapes")
+    options.add_argument("--child", help=argparse.SUPPRESS)
+    args = options.parse_args()
     if args.child:
         child_step_time(*json.loads(args.child))
         return
-    path = args.data or Path(os.environ.get("SCTRVAE_KANG_PATH", DEFAULT_DATA))
+    path = args.data
     import sctrvae  # before torch, as in a user's script
 
     context = {

@@ -19,11 +19,8 @@ Accuracy and steps do not depend on the machine's load; milliseconds per step do
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -32,14 +29,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from _common import KANG_FOLDS, RESULTS, output_bias_from_zero, parser, quiet, report_header
 
 import sctrvae
-from sctrvae._training_plan import GENE_PARAMETERS
-from sctrvae.benchmark import output_bias_from_zero
+from sctrvae.train._training_plan import GENE_PARAMETERS
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
-OUT = ROOT / "benchmarks" / "results"
 #: Kang's steps per epoch at batch 128 (1,778 training cells of a fold's ≈1.8k)
 EPOCH = 14
 
@@ -120,7 +114,7 @@ class StepRecorder(pl.Callback):
 
 def reference() -> pd.DataFrame:
     """Today's default from ``mmd_ablation.csv``: Kang, calibrated readout, both settings."""
-    df = pd.read_csv(OUT / "mmd_ablation.csv")
+    df = pd.read_csv(RESULTS / "mmd_ablation.csv")
     df = df[(df.design == "kang") & (df.readout == "calibrated")]
     df = df[df.method.isin(["reweighted", "trvae"])].copy()
     df["labels"] = df.method == "reweighted"
@@ -180,11 +174,11 @@ def paired(df: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
 def write_report(df: pd.DataFrame, path: Path) -> None:
     ref = reference()
     lines = [
-        "# Training-budget candidates on Kang",
-        "",
-        "Regenerate: `python benchmarks/speed_candidates.py --candidates NAME ... --folds ... "
-        "--seeds ...` (its docstring says what each candidate is).",
-        "",
+        *report_header(
+            "Training-budget candidates on Kang",
+            "python benchmarks/speed_candidates.py --candidates NAME ... --folds ... --seeds ...",
+            see="its docstring says what each candidate is",
+        ),
         "Leave-one-cell-type-out folds of Kang (1,975 cells × 6,998 genes), default model,",
         "calibrated readout with 5 draws per cell, Pearson r of the predicted change over the",
         "held-out type's top-100 DEGs (as `mmd_ablation.py`). `labels`: `cell_type` registered",
@@ -224,17 +218,12 @@ def write_report(df: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), required=True)
-    parser.add_argument("--folds", nargs="*", help="cell types to hold out (default: all 7)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--no-labels", dest="labels", action="store_false")
-    parser.add_argument("--data", default=os.environ.get("SCTRVAE_KANG_PATH", DEFAULT_DATA))
-    parser.add_argument("--out", default=OUT, type=Path)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("scvi").setLevel(logging.ERROR)
+    options = parser(__doc__, out=RESULTS, seeds=[0], kang=True)
+    options.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), required=True)
+    options.add_argument("--folds", nargs="*", help="cell types to hold out (default: all 7)")
+    options.add_argument("--no-labels", dest="labels", action="store_false")
+    args = options.parse_args()
+    quiet()
 
     adata = ad.read_h5ad(args.data)
     folds = args.folds or list(adata.obs["cell_type"].cat.categories)
@@ -253,7 +242,7 @@ def main() -> None:
                     gene = tuple(n for n in gene if n != "mean_head.weight")
                 if "nooffset" in candidate:
                     gene = tuple(n for n in gene if n != "condition_offset")
-                sctrvae._training_plan.GENE_PARAMETERS = gene
+                sctrvae.train._training_plan.GENE_PARAMETERS = gene
                 recorder = StepRecorder()
                 load = os.getloadavg()[0]
                 start = time.perf_counter()
@@ -261,10 +250,7 @@ def main() -> None:
                 with output_bias_from_zero() if start_at_zero else nullcontext():
                     rows = sctrvae.benchmark.leave_one_out(
                         adata,
-                        "condition",
-                        "cell_type",
-                        "control",
-                        "stimulated",
+                        *KANG_FOLDS,
                         groups=[group],
                         methods={candidate: method},
                         train_kwargs={**CANDIDATES[candidate], "callbacks": [recorder]},

@@ -11,26 +11,22 @@ through the functions users call.
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
 import scvi
+from _common import RESULTS, parser, quiet, report_header
 
 import sctrvae
 from sctrvae.metrics import log_normalized, top_degs
 from sctrvae.tl._transfer_check import score_change
 
-OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "transfer_end_to_end.md"
 HELD_OUT = "patient_4"
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    out = parser(__doc__, out=RESULTS / "transfer_end_to_end.md").parse_args().out
+    quiet()
     adata = sctrvae.datasets.simulate_patients(pair_response="unlike", seed=0)
     obs = adata.obs
     held = ((obs.patient == HELD_OUT) & (obs.condition == "stimulated")).to_numpy()
@@ -62,10 +58,11 @@ def main() -> None:
     real, source_mean = changes.loc[HELD_OUT].to_numpy(), baseline.loc[HELD_OUT].to_numpy()
     own = log_normalized(adata[source]).mean(0)
     lines = [
-        "# Transfer check and hedge, end to end",
-        "",
-        "Regenerate: `python benchmarks/transfer_end_to_end.py` (docstring: the setting).",
-        "",
+        *report_header(
+            "Transfer check and hedge, end to end",
+            "python benchmarks/transfer_end_to_end.py",
+            see="docstring: the setting",
+        ),
         f"Transfer check of the model trained without {HELD_OUT}'s stimulated cells "
         f"({seconds:.0f} s for {check.group.nunique()} refits, 1 thread):",
         "",
@@ -96,8 +93,8 @@ def main() -> None:
         f"of the DEGs and {covered.mean():.0%} of all genes.",
         "",
     ]
-    OUT.write_text("\n".join(lines))
-    print(OUT.read_text())
+    out.write_text("\n".join(lines))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

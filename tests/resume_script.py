@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 import sctrvae
-from sctrvae._callbacks import RestoreBestWeights
+from sctrvae.train._callbacks import RestoreBestWeights
 
 EVERY_N_STEPS = 3
 #: Kill after this step; the last checkpoint before it (step 9) is one batch into an epoch

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from sctrvae._calibration import calibrate_draws
 from sctrvae.metrics import log1p_normalize
+from sctrvae.model._calibration import calibrate_draws
 
 
 def test_identical_prediction_and_reconstruction_give_the_observed_group_means():

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import sctrvae
 from sctrvae import TRVAEModel, TRVAEModule
-from sctrvae._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
+from sctrvae.train._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
 
 
 def test_early_stopping_restores_the_best_epoch_not_the_last():

@@ -5,7 +5,7 @@ import torch
 
 import sctrvae
 from sctrvae import TRVAEModel
-from sctrvae._surgery import block_order
+from sctrvae.model._surgery import block_order
 
 
 def test_block_order_puts_new_columns_into_their_blocks():

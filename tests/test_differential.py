@@ -3,7 +3,7 @@ import pytest
 import scvi
 
 import sctrvae
-from sctrvae._counterfactual import paired_scales
+from sctrvae.model._counterfactual import paired_scales
 
 COLUMNS = [
     "group",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scvi.distributions import NegativeBinomial
 
-from sctrvae._distributions import SparseNegativeBinomial
+from sctrvae.distributions._negative_binomial import SparseNegativeBinomial
 
 N_CELLS, N_GENES = 16, 40
 

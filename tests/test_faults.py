@@ -221,7 +221,7 @@ def test_a_loaded_model_saves_again_in_the_current_format(tmp_path):
     loaded = TRVAEModel.load(tmp_path / "model", adata=adata)
     loaded.save(tmp_path / "again")
     saved = torch.load(tmp_path / "again" / "model.pt", weights_only=False)
-    assert saved["attr_dict"]["save_format_"] == sctrvae._persistence.SAVE_FORMAT
+    assert saved["attr_dict"]["save_format_"] == sctrvae.model._persistence.SAVE_FORMAT
     np.testing.assert_array_equal(saved["var_names"], adata.var_names)
 
 

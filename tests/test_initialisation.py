@@ -5,7 +5,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctrvae import TRVAEModel
-from sctrvae._initialisation import condition_gene_means
+from sctrvae.model._initialisation import condition_gene_means
 
 
 def _log_profile(counts: np.ndarray) -> np.ndarray:

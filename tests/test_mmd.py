@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sctrvae import mmd, pairwise_condition_mmd
-from sctrvae._mmd import AUTO_BANDWIDTH_MULTIPLIERS
+from sctrvae.module._mmd import AUTO_BANDWIDTH_MULTIPLIERS
 
 SIGMAS = (0.5, 1.0, 4.0)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import stats
 
-from sctrvae._distributions import SparseNegativeBinomial
-from sctrvae._nb_sampling import MAX_INVERSE_MEAN, MAX_RATIO, sample_negative_binomial
+from sctrvae.distributions._nb_sampling import MAX_INVERSE_MEAN, MAX_RATIO, sample_negative_binomial
+from sctrvae.distributions._negative_binomial import SparseNegativeBinomial
 
 N_DRAWS = 200_000
 # (mean, inverse dispersion): inverse-CDF entries (small means, heavy and light tails) and

@@ -7,6 +7,7 @@ the two small models (NB, ZINB) they came from, so that training changes do not 
 """
 
 from pathlib import Path
+from typing import get_args
 
 import anndata as ad
 import numpy as np
@@ -16,9 +17,10 @@ import torch
 
 import sctrvae
 from sctrvae import TRVAEModel
-from sctrvae._counterfactual import decode_counterfactual, prediction_anndata
-from sctrvae._distributions import SparseNegativeBinomial
+from sctrvae._constants import READOUTS, Readout
+from sctrvae.distributions._negative_binomial import SparseNegativeBinomial
 from sctrvae.metrics import log1p_normalize
+from sctrvae.model._counterfactual import decode_counterfactual, prediction_anndata
 
 REFERENCE = Path(__file__).parent / "data" / "predict_reference.npz"
 
@@ -182,6 +184,11 @@ def test_readout_arguments_are_checked(trained, snapshot, assert_unchanged):
     with pytest.raises(ValueError, match="n_samples >= 1"):
         model.predict(target_condition="stimulated", readout="sampled", n_samples=0)
     assert_unchanged(before, adata)
+
+
+def test_the_readout_choices_are_the_rows_of_the_readout_table():
+    assert set(get_args(Readout)) == set(READOUTS)
+    assert [READOUTS[r].draws for r in ("mean", "sampled", "calibrated")] == [0, 1, 10]
 
 
 def test_scores_and_plots_read_the_same_expression(trained):

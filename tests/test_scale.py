@@ -9,7 +9,7 @@ import torch
 
 import sctrvae
 from sctrvae import DeviceResidentData, TRVAEModel
-from sctrvae._device_data import csr_rows
+from sctrvae.data._device_data import csr_rows
 
 TRAIN = {"max_epochs": 3, "batch_size": 64, "accelerator": "cpu", "enable_progress_bar": False}
 

@@ -13,8 +13,8 @@ from scvi.train import TrainingPlan
 import sctrvae
 from sctrvae import TRVAEModel, _threads
 from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, KL_WARMUP_STEPS, MIN_STEPS
-from sctrvae._training_plan import GENE_PARAMETERS, TRVAETrainingPlan, cosine_lr_factor
-from sctrvae._training_settings import step_budget, steps_per_epoch
+from sctrvae.train._training_plan import GENE_PARAMETERS, TRVAETrainingPlan, cosine_lr_factor
+from sctrvae.train._training_settings import step_budget, steps_per_epoch
 
 
 class PlainAdamPlan(TRVAETrainingPlan):

@@ -8,7 +8,7 @@ import pytest
 
 from sctrvae import TRVAEModel
 from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, MAX_STEPS, MIN_STEPS
-from sctrvae._training_settings import step_budget, steps_per_epoch, training_settings
+from sctrvae.train._training_settings import step_budget, steps_per_epoch, training_settings
 
 #: train()'s own defaults, read from its signature
 TRAIN_DEFAULTS = {

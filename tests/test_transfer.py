@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scvi
-
-import sctrvae
 from scipy.stats import t as student_t
 
+import sctrvae
 from sctrvae._utils import pearson
 from sctrvae.metrics import log_normalized
 from sctrvae.tl import _transfer_check

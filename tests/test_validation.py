@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 import sctrvae
 from sctrvae import TRVAEModel
-from sctrvae import _validation as validation
+from sctrvae.model import _validation as validation
 
 
 def small(n_cells=120, n_genes=30, seed=0, **kwargs):

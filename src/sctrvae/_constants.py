@@ -1,7 +1,8 @@
-"""Names of the choices the model offers, and the defaults of training and prediction."""
+"""Names of the choices the model offers, of what predictions write, and the defaults."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 Likelihood = Literal["nb", "zinb", "normal"]
@@ -12,8 +13,47 @@ Representation = Literal["z", "y"]
 
 #: What each ``mmd_mode`` compares; see :func:`~sctrvae.pairwise_condition_mmd`.
 MMD_MODES: tuple[str, ...] = ("global", "label", "reweighted")
-#: Draws per cell when ``predict`` is not given ``n_samples``.
-DEFAULT_DRAWS = {"mean": 0, "sampled": 1, "calibrated": 10}
+
+
+@dataclass(frozen=True)
+class ReadoutSpec:
+    """What one readout of ``predict`` draws and reads.
+
+    Attributes
+    ----------
+    draws
+        Draws per cell when ``predict`` is not given ``n_samples``. 0: a deterministic readout,
+        which reads the likelihood's mean at the posterior mean of ``z`` and takes no draws.
+    reads_reconstruction
+        Whether it also reads the cells decoded under their own condition (a count
+        likelihood's draws), as the calibration does.
+    """
+
+    draws: int
+    reads_reconstruction: bool = False
+
+
+#: The readouts of ``predict``, by name (the choices of ``Readout``): what ``predict``
+#: writes and what the ensemble, the metrics and the tools read of it follow from this table.
+READOUTS: dict[str, ReadoutSpec] = {
+    "mean": ReadoutSpec(draws=0),
+    "sampled": ReadoutSpec(draws=1),
+    "calibrated": ReadoutSpec(draws=10, reads_reconstruction=True),
+}
+
+#: Names of what ``predict`` writes into the AnnData it returns. The layer with the readout,
+#: log-normalised: what the metrics and the plots read by default.
+PREDICTION_LAYER = "log_normalized"
+#: Layer with the decoder's proportions (count likelihoods), each row summing to 1.
+NORMALIZED_LAYER = "normalized"
+#: ``uns`` key of the record of what was predicted (readout, target, draws, version).
+PREDICTION_UNS = "sctrvae_prediction"
+#: ``uns`` key of the calibration's corrections (groups × genes).
+CALIBRATION_UNS = "sctrvae_calibration"
+#: ``obs`` column with each row's draw, where draws are stacked.
+DRAW_OBS = "sctrvae_draw"
+#: ``obs`` column with each row's member, in an ensemble's prediction.
+MEMBER_OBS = "sctrvae_member"
 
 #: Adam learning rate of ``train()`` at the top of its schedule.
 DEFAULT_LR = 6e-3

@@ -1,5 +1,7 @@
 """CPU thread defaults that degrade gracefully on a shared machine."""
 
+# at the package root: in train/ its import would first run train/__init__, which loads torch
+
 from __future__ import annotations
 
 import math

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scvi import REGISTRY_KEYS
+from sklearn.neighbors import NearestNeighbors
 
 #: Loggers whose info lines (Lightning's banner and tips, scvi-tools' setup transfers) a fit
 #: inside another function must not print.
@@ -21,6 +22,8 @@ FIT_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "sc
 
 #: Total counts each cell is scaled to before ``log1p``.
 TARGET_SUM = 1e4
+#: Neighbours per cell of :func:`mixing_score`'s kNN classifier.
+MIXING_NEIGHBORS = 15
 
 
 def log1p_normalize(x: np.ndarray | sp.spmatrix, dtype: np.dtype = np.float64) -> np.ndarray:
@@ -52,10 +55,49 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
+def hedged_change(model_change: np.ndarray, shared_change: np.ndarray, weight: float) -> np.ndarray:
+    """A predicted change hedged toward the shared one: ``shared + weight · (model − shared)``.
+
+    ``weight`` is the share of the model's own (group-specific) part that is kept: 1 gives the
+    model's change, 0 the shared change (e.g. the other groups' mean or median change).
+    """
+    return shared_change + weight * (model_change - shared_change)
+
+
 def selected_positions(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
     """Positions ``indices`` selects among ``n_obs`` cells (all for ``None``; masks allowed)."""
     selected = np.arange(n_obs) if indices is None else np.asarray(indices)
     return np.flatnonzero(selected) if selected.dtype == bool else selected
+
+
+def mixing_score(
+    x: np.ndarray, condition: np.ndarray, groups: np.ndarray, n_neighbors: int = MIXING_NEIGHBORS
+) -> float:
+    """:func:`~sctrvae.metrics.condition_mixing` of a dense cells × features array.
+
+    The mean over groups of a kNN classifier's balanced accuracy in recovering the condition;
+    NaN when no group has two conditions with ``n_neighbors + 1`` cells each. ``condition`` and
+    ``groups``: one code per cell. Here, below the training layer, so that the training plan
+    logs it without importing ``metrics``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    condition, groups = np.asarray(condition).reshape(-1), np.asarray(groups).reshape(-1)
+    scores = []
+    for g in pd.unique(groups):
+        in_group = groups == g
+        labels, sizes = np.unique(condition[in_group], return_counts=True)
+        # conditions with enough cells for a full neighbourhood of their own
+        scored = in_group & np.isin(condition, labels[sizes > n_neighbors])
+        _, codes, sizes = np.unique(condition[scored], return_inverse=True, return_counts=True)
+        if sizes.size < 2:
+            continue
+        cells = x[scored]
+        index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(cells).kneighbors(cells)[1]
+        votes = np.zeros((codes.size, sizes.size))
+        np.add.at(votes, (np.arange(codes.size)[:, None], codes[index[:, 1:]]), 1.0)
+        predicted = (votes / sizes).argmax(1)
+        scores.append(np.mean([np.mean(predicted[codes == c] == c) for c in range(sizes.size)]))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def write_layer(

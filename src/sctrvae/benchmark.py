@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import scvi
 
-from ._model import TRVAEModel
-from ._module import TRVAEModule
 from ._utils import pearson
 from .metrics import condition_mixing, log_normalized, score_log_expression, top_degs
+from .model import TRVAEModel
+from .module import TRVAEModule
 
 #: Reference rows :func:`leave_one_out` can add to each fold.
 REFERENCES = ("ceiling", "identity", "mean_shift", "cvae")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anndata as ad
 import numpy as np
@@ -79,9 +79,8 @@ def simulate(
     response_genes = np.zeros((n_conditions, n_genes), dtype=bool)
     n_responding = max(1, round(response_fraction * n_genes))
     for c in range(1, n_conditions):
-        shared = rng.choice(n_genes, n_responding, replace=False)
+        shared, shared_effect = shared_response(rng, n_genes, n_responding)
         response_genes[c, shared] = True
-        shared_effect = rng.choice([-1.0, 1.0], n_responding) * rng.uniform(0.8, 2.5, n_responding)
         strength = rng.uniform(0.5, 1.5, n_cell_types)
         for t in range(n_cell_types):
             response[t, c, shared] = strength[t] * shared_effect
@@ -104,34 +103,30 @@ def simulate(
         cumulative = np.cumsum(proportions / proportions.sum(1, keepdims=True), 1)
         cell_type = (rng.random(n_cells)[:, None] > cumulative[condition]).sum(1)
         cell_type = np.minimum(cell_type, n_cell_types - 1)  # rounding of the last cumsum
-    blocks = []
-    for start in range(0, n_cells, chunk_size):
-        t = cell_type[start : start + chunk_size]
-        c = condition[start : start + chunk_size]
-        state = rng.normal(0.0, 1.0, (t.size, n_cell_states))
-        logits = log_means[t, c] + np.einsum("ns,nsg->ng", state, state_loadings[t])
-        blocks.append(draw_counts(rng, logits, library_size, dispersion))
-        del logits
-    X = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
 
-    obs = pd.DataFrame(
-        {
-            "condition": pd.Categorical.from_codes(condition, categories=list(conditions)),
-            "cell_type": pd.Categorical.from_codes(
-                cell_type, categories=[f"type_{i}" for i in range(n_cell_types)]
-            ),
-        },
-        index=[f"cell_{i}" for i in range(n_cells)],
-    )
-    var = pd.DataFrame(index=[f"gene_{i}" for i in range(n_genes)])
-    adata = ad.AnnData(X=X, obs=obs, var=var)
-    adata.uns["simulation"] = {
-        "log_means": log_means,
-        "response_genes": response_genes,
-        "conditions": list(conditions),
-        "seed": seed,
+    def logits_of(cells: slice) -> np.ndarray:
+        t, c = cell_type[cells], condition[cells]
+        state = rng.normal(0.0, 1.0, (t.size, n_cell_states))
+        return log_means[t, c] + np.einsum("ns,nsg->ng", state, state_loadings[t])
+
+    counts = draw_in_chunks(rng, n_cells, chunk_size, logits_of, library_size, dispersion)
+    columns = {
+        "condition": (condition, conditions),
+        "cell_type": (cell_type, [f"type_{i}" for i in range(n_cell_types)]),
     }
-    return adata
+    truth = {"log_means": log_means, "response_genes": response_genes}
+    return simulated_anndata(counts, columns, truth, seed)
+
+
+def shared_response(
+    rng: np.random.Generator, n_genes: int, n_responding: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A condition's response shared by the cell types: its genes and their log-fold changes.
+
+    ``n_responding`` genes, each up or down by 0.8 to 2.5 (before each type's strength).
+    """
+    genes = rng.choice(n_genes, n_responding, replace=False)
+    return genes, rng.choice([-1.0, 1.0], n_responding) * rng.uniform(0.8, 2.5, n_responding)
 
 
 def draw_counts(
@@ -147,3 +142,49 @@ def draw_counts(
     mean = proportions * library
     counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))
     return sp.csr_matrix(counts.astype(np.float32))
+
+
+def draw_in_chunks(
+    rng: np.random.Generator,
+    n_cells: int,
+    chunk_size: int,
+    logits_of: Callable[[slice], np.ndarray],
+    library_size: float,
+    dispersion: float,
+) -> sp.csr_matrix:
+    """:func:`draw_counts` of ``n_cells`` cells, ``chunk_size`` at a time (one chunk dense).
+
+    ``logits_of(cells)``: the log-proportions of the cells of the slice ``cells``; it may draw
+    from ``rng`` (before the chunk's counts are drawn).
+    """
+    blocks = [
+        draw_counts(rng, logits_of(slice(start, start + chunk_size)), library_size, dispersion)
+        for start in range(0, n_cells, chunk_size)
+    ]
+    return sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+
+
+def simulated_anndata(
+    counts: sp.csr_matrix,
+    columns: dict[str, tuple[np.ndarray, Sequence[str]]],
+    truth: dict,
+    seed: int,
+) -> ad.AnnData:
+    """A simulation's AnnData: cells ``cell_<i>``, genes ``gene_<j>``, the truth in ``uns``.
+
+    ``columns``: per ``obs`` column, each cell's code and the categories' names (a
+    ``"condition"`` column among them). ``uns["simulation"]`` holds ``truth``, the conditions
+    and ``seed``.
+    """
+    obs = pd.DataFrame(
+        {
+            name: pd.Categorical.from_codes(codes, categories=list(categories))
+            for name, (codes, categories) in columns.items()
+        },
+        index=[f"cell_{i}" for i in range(counts.shape[0])],
+    )
+    var = pd.DataFrame(index=[f"gene_{j}" for j in range(counts.shape[1])])
+    adata = ad.AnnData(X=counts, obs=obs, var=var)
+    conditions = list(columns["condition"][1])
+    adata.uns["simulation"] = {**truth, "conditions": conditions, "seed": seed}
+    return adata

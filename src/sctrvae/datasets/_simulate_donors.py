@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 
-from ._simulate import draw_counts
+from ._simulate import draw_counts, shared_response, simulated_anndata
 
 
 def simulate_donors(
@@ -77,9 +76,8 @@ def simulate_donors(
     response_genes = np.zeros((n_conditions, n_genes), dtype=bool)
     n_responding = max(1, round(response_fraction * n_genes))
     for c in range(1, n_conditions):
-        shared = rng.choice(n_genes, n_responding, replace=False)
+        shared, effect = shared_response(rng, n_genes, n_responding)
         response_genes[c, shared] = True
-        effect = rng.choice([-1.0, 1.0], n_responding) * rng.uniform(0.8, 2.5, n_responding)
         per_donor = effect * (1.0 + donor_response * rng.normal(0.0, 1.0, (n_donors, 1)))
         per_donor = per_donor * (1.0 + donor_response * rng.normal(0.0, 0.5, per_donor.shape))
         for t, strength in enumerate(rng.uniform(0.5, 1.5, n_cell_types)):
@@ -99,30 +97,13 @@ def simulate_donors(
     )
     donor_depth = rng.lognormal(0.0, 0.3 if donor_effect else 0.0, n_donors)[donor, None]
     counts = draw_counts(rng, logits, library_size * donor_depth, dispersion)
-    obs = pd.DataFrame(
-        {
-            "condition": pd.Categorical.from_codes(condition, categories=list(conditions)),
-            "cell_type": pd.Categorical.from_codes(
-                cell_type, categories=[f"type_{i}" for i in range(n_cell_types)]
-            ),
-            "donor": pd.Categorical.from_codes(
-                donor, categories=[f"donor_{i}" for i in range(n_donors)]
-            ),
-        },
-        index=[f"cell_{i}" for i in range(n_cells)],
-    )
-    adata = ad.AnnData(
-        X=counts,
-        obs=obs,
-        var=pd.DataFrame(index=[f"gene_{i}" for i in range(n_genes)]),
-    )
-    adata.uns["simulation"] = {
-        "log_means": log_means,
-        "response_genes": response_genes,
-        "conditions": list(conditions),
-        "seed": seed,
+    columns = {
+        "condition": (condition, conditions),
+        "cell_type": (cell_type, [f"type_{i}" for i in range(n_cell_types)]),
+        "donor": (donor, [f"donor_{i}" for i in range(n_donors)]),
     }
-    return adata
+    truth = {"log_means": log_means, "response_genes": response_genes}
+    return simulated_anndata(counts, columns, truth, seed)
 
 
 def _draw_conditions(rng, donor, n_donors: int, n_conditions: int, imbalance: float):

@@ -7,10 +7,8 @@ from typing import Literal
 
 import anndata as ad
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
-from ._simulate import draw_counts
+from ._simulate import draw_in_chunks, simulated_anndata
 
 
 def simulate_patients(
@@ -138,17 +136,16 @@ def simulate_patients(
 
     group = rng.integers(0, n_groups, n_cells)
     condition = rng.integers(0, n_conditions, n_cells)
-    blocks = []
-    for start in range(0, n_cells, chunk_size):
-        g = group[start : start + chunk_size]
-        c = condition[start : start + chunk_size]
+
+    def logits_of(cells: slice) -> np.ndarray:
+        g, c = group[cells], condition[cells]
         cell_activity = activity[g] + rng.normal(0.0, 0.7, (g.size, n_programs))
         state = rng.normal(0.0, 1.0, (g.size, n_cell_states))
         logits = condition_logits(g, c, cell_activity)
         logits += np.einsum("ns,nsg->ng", state, state_loadings[g])
-        blocks.append(draw_counts(rng, logits, library_size, dispersion))
-        del logits
-    X = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+        return logits
+
+    counts = draw_in_chunks(rng, n_cells, chunk_size, logits_of, library_size, dispersion)
 
     all_groups = np.repeat(np.arange(n_groups), n_conditions)
     all_conditions = np.tile(np.arange(n_conditions), n_groups)
@@ -157,15 +154,7 @@ def simulate_patients(
     log_means -= np.log(np.exp(log_means).sum(-1, keepdims=True))
 
     names = [f"patient_{i}" for i in range(n_groups)]
-    obs = pd.DataFrame(
-        {
-            "condition": pd.Categorical.from_codes(condition, categories=list(conditions)),
-            "patient": pd.Categorical.from_codes(group, categories=names),
-        },
-        index=[f"cell_{i}" for i in range(n_cells)],
-    )
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"gene_{i}" for i in range(n_genes)]))
-    adata.uns["simulation"] = {
+    truth = {
         "log_means": log_means.reshape(n_groups, n_conditions, n_genes),
         "response_genes": response_genes,
         "program_activity": activity,
@@ -174,7 +163,6 @@ def simulate_patients(
             pair_response
         ],
         "pair_response": pair_response,
-        "conditions": list(conditions),
-        "seed": seed,
     }
-    return adata
+    columns = {"condition": (condition, conditions), "patient": (group, names)}
+    return simulated_anndata(counts, columns, truth, seed)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
-from sklearn.neighbors import NearestNeighbors
+
+from .._utils import MIXING_NEIGHBORS, mixing_score
 
 
 def condition_mixing(
@@ -14,7 +14,7 @@ def condition_mixing(
     condition: str | ArrayLike,
     groups: str | ArrayLike | None = None,
     use_rep: str | None = None,
-    n_neighbors: int = 15,
+    n_neighbors: int = MIXING_NEIGHBORS,
 ) -> float:
     """Balanced accuracy of a kNN classifier recovering the condition within each group.
 
@@ -51,26 +51,11 @@ def condition_mixing(
         data = data.obsm[use_rep] if use_rep is not None else data.X
     elif use_rep is not None or isinstance(condition, str) or isinstance(groups, str):
         raise ValueError("use_rep and column names need an AnnData; pass arrays otherwise.")
-    x = np.asarray(data.toarray() if hasattr(data, "toarray") else data, dtype=np.float64)
+    x = np.asarray(data.toarray() if hasattr(data, "toarray") else data)
     condition = np.asarray(condition).reshape(-1)
     groups = np.zeros(len(x), dtype=int) if groups is None else np.asarray(groups).reshape(-1)
     if not len(x) == condition.size == groups.size:
         raise ValueError("data, condition and groups must have one entry per cell.")
     if n_neighbors < 1:
         raise ValueError("n_neighbors must be positive.")
-    scores = []
-    for g in pd.unique(groups):
-        in_group = groups == g
-        labels, sizes = np.unique(condition[in_group], return_counts=True)
-        # conditions with enough cells for a full neighbourhood of their own
-        scored = in_group & np.isin(condition, labels[sizes > n_neighbors])
-        _, codes, sizes = np.unique(condition[scored], return_inverse=True, return_counts=True)
-        if sizes.size < 2:
-            continue
-        cells = x[scored]
-        index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(cells).kneighbors(cells)[1]
-        votes = np.zeros((codes.size, sizes.size))
-        np.add.at(votes, (np.arange(codes.size)[:, None], codes[index[:, 1:]]), 1.0)
-        predicted = (votes / sizes).argmax(1)
-        scores.append(np.mean([np.mean(predicted[codes == c] == c) for c in range(sizes.size)]))
-    return float(np.mean(scores)) if scores else float("nan")
+    return mixing_score(x, condition, groups, n_neighbors)

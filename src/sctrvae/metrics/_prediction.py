@@ -6,10 +6,8 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 
+from .._constants import PREDICTION_LAYER
 from .._utils import layer_matrix, log1p_normalize, pearson
-
-#: Layer of :meth:`~sctrvae.TRVAEModel.predict`'s output with the readout, log-normalised.
-PREDICTION_LAYER = "log_normalized"
 
 
 def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from ..metrics._prediction import PREDICTION_LAYER, log_normalized, prediction_expression
+from .._constants import PREDICTION_LAYER
+from ..metrics import log_normalized, prediction_expression
 from ._figure import FIGURE_PARAMETERS, FIGURE_RETURNS, finish
 
 _PARAMETERS = (

@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._constants import PREDICTION_LAYER
 from .._utils import pearson, quiet_fitting
 from ..metrics import log_normalized, top_degs
 from ._similarity import group_changes
@@ -163,6 +164,6 @@ def predicted_change(
     pred = model.predict(
         source, target_condition=target_condition, readout=readout, n_samples=n_samples
     )
-    return np.asarray(pred.layers["log_normalized"], dtype=np.float64).mean(0) - log_normalized(
+    return np.asarray(pred.layers[PREDICTION_LAYER], dtype=np.float64).mean(0) - log_normalized(
         source
     ).mean(0)

@@ -20,8 +20,8 @@ from .._constants import (
     MIN_MARGIN_SD,
     VERDICT_LEVEL,
 )
-from .._training_settings import step_budget, steps_per_epoch
 from .._utils import quiet_fitting
+from ..train import step_budget, steps_per_epoch
 from ._coverage import donor_coverage
 from ._held_out import (
     GroupedData,

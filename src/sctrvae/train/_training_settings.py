@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from scvi.model._utils import use_distributed_sampler
 
-from ._constants import (
+from .._constants import (
     BUDGET_EPOCHS,
     DEFAULT_LR,
     GENE_LR_SCALE,
@@ -18,7 +18,7 @@ from ._constants import (
     MIN_STEPS,
     PATIENCE_STEPS,
 )
-from ._data_splitter import has_validation_cells, n_training_cells
+from ..data._data_splitter import has_validation_cells, n_training_cells
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import LambdaLR
 
-from ._covariates import covariate_tensors
-from .metrics import condition_mixing
+from .._utils import mixing_score
+from ..module._covariates import covariate_tensors
 
 #: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
 #: TRVAEModule has no global KL term, so scvi-tools' ``kl_global_*`` (always 0) is not logged.
@@ -207,6 +207,6 @@ class TRVAETrainingPlan(TrainingPlan):
             return
         cells = {k: torch.cat([b[k] for b in batches]).cpu().numpy() for k in batches[0]}
         for rep in ("y", "z"):
-            score = condition_mixing(cells[rep], cells["condition"], cells["labels"])
+            score = mixing_score(cells[rep], cells["condition"], cells["labels"])
             if not math.isnan(score):
                 self.log(f"mixing_{rep}_validation", score, on_step=False, on_epoch=True)

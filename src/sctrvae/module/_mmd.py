@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._constants import MMD_MODES, MMDMode
+from .._constants import MMD_MODES, MMDMode
 
 #: Multipliers of the median squared distance used by ``bandwidths="auto"``: seven scales, two
 #: octaves either side of the median heuristic, so the kernel sees both local and global shifts.

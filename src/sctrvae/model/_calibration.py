@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._utils import log1p_normalize
+from .._utils import log1p_normalize
 
 
 def calibrate_draws(

@@ -13,9 +13,9 @@ from scvi.nn import Encoder, FCLayers
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from ._constants import Dispersion, Likelihood, MMDMode
+from .._constants import Dispersion, Likelihood, MMDMode
+from ..distributions._negative_binomial import SparseNegativeBinomial
 from ._covariates import covariate_tensors, mmd_strata
-from ._distributions import SparseNegativeBinomial
 from ._mmd import check_mmd_mode, pairwise_condition_mmd
 from ._posterior_sampling import PosteriorSamplingMixin
 

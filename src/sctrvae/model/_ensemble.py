@@ -12,11 +12,20 @@ import numpy as np
 from scvi import settings
 from tqdm.auto import tqdm
 
-from ._constants import Representation
-from ._model import TRVAEModel
+from .._constants import (
+    CALIBRATION_UNS,
+    DRAW_OBS,
+    MEMBER_OBS,
+    NORMALIZED_LAYER,
+    PREDICTION_LAYER,
+    PREDICTION_UNS,
+    READOUTS,
+    Representation,
+)
+from .._utils import log_expression, quiet_fitting, selected_positions, write_layer
 from ._persistence import atomic_directory, manifest_content, read_manifest
 from ._rollback import restores_adata_on_failure
-from ._utils import log_expression, quiet_fitting, selected_positions, write_layer
+from ._trvae import TRVAEModel
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
@@ -121,32 +130,34 @@ class TRVAEEnsemble:
         preds = [
             member.predict(adata, indices=indices, **predict_kwargs) for member in self.members
         ]
-        record = {**preds[0].uns["sctrvae_prediction"], "n_models": self.n_models}
-        if record["readout"] == "mean":
+        record = {**preds[0].uns[PREDICTION_UNS], "n_models": self.n_models}
+        if READOUTS[record["readout"]].draws == 0:
             pred = preds[0].copy()
             pred.X = np.mean([p.X for p in preds], axis=0)
-            if "normalized" in pred.layers:
-                pred.layers["normalized"] = np.mean([p.layers["normalized"] for p in preds], 0)
-            pred.layers["log_normalized"] = log_expression(
+            if NORMALIZED_LAYER in pred.layers:
+                pred.layers[NORMALIZED_LAYER] = np.mean(
+                    [p.layers[NORMALIZED_LAYER] for p in preds], 0
+                )
+            pred.layers[PREDICTION_LAYER] = log_expression(
                 pred.X, self.members[0].module.likelihood
             )
-            per_cell = pred.layers["log_normalized"]
+            per_cell = pred.layers[PREDICTION_LAYER]
         else:
             n_draws = record["n_samples"]
             for member, p in enumerate(preds):
-                p.obs["sctrvae_member"] = member
-                p.obs["sctrvae_draw"] += member * n_draws
+                p.obs[MEMBER_OBS] = member
+                p.obs[DRAW_OBS] += member * n_draws
                 p.obs_names = [
                     f"{name.rsplit('-', 1)[0]}-{draw}"
-                    for name, draw in zip(p.obs_names, p.obs["sctrvae_draw"], strict=True)
+                    for name, draw in zip(p.obs_names, p.obs[DRAW_OBS], strict=True)
                 ]
             pred = ad.concat(preds, merge="same", uns_merge="first")
             n_cells = preds[0].n_obs // n_draws
-            if "sctrvae_calibration" in preds[0].uns:
-                tables = [p.uns["sctrvae_calibration"] for p in preds]
-                pred.uns["sctrvae_calibration"] = sum(tables) / len(tables)
-            per_cell = pred.layers["log_normalized"].reshape(-1, n_cells, pred.n_vars).mean(0)
-        pred.uns["sctrvae_prediction"] = record
+            if CALIBRATION_UNS in preds[0].uns:
+                tables = [p.uns[CALIBRATION_UNS] for p in preds]
+                pred.uns[CALIBRATION_UNS] = sum(tables) / len(tables)
+            per_cell = pred.layers[PREDICTION_LAYER].reshape(-1, n_cells, pred.n_vars).mean(0)
+        pred.uns[PREDICTION_UNS] = record
         if key_added is not None:
             # the members validated adata and indices already
             selected = selected_positions(adata.n_obs, indices)

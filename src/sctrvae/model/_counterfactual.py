@@ -11,7 +11,8 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass
 
-from ._covariates import covariate_tensors, with_batch
+from .._constants import DRAW_OBS, NORMALIZED_LAYER
+from ..module._covariates import covariate_tensors, with_batch
 
 
 @torch.inference_mode()
@@ -72,7 +73,7 @@ def decode_counterfactual(
         px = outputs["px"]
         out = {"expression": px.mean if n_samples == 0 else px.sample()}
         if module.likelihood != "normal":
-            out["normalized"] = px.scale
+            out[NORMALIZED_LAYER] = px.scale
         if with_reconstruction:
             _, own = module.forward(tensors, **forward_kwargs)
             out["reconstruction"] = own["px"].sample()
@@ -106,14 +107,14 @@ def prediction_anndata(
     if n_samples > 0:
         n_cells = obs.shape[0]
         obs = pd.concat([obs] * n_samples)
-        obs["sctrvae_draw"] = np.repeat(np.arange(n_samples), n_cells)
-        obs.index = [f"{name}-{d}" for name, d in zip(obs.index, obs["sctrvae_draw"], strict=True)]
+        obs[DRAW_OBS] = np.repeat(np.arange(n_samples), n_cells)
+        obs.index = [f"{name}-{d}" for name, d in zip(obs.index, obs[DRAW_OBS], strict=True)]
     obs[condition_key] = pd.Categorical(
         [str(target_condition)] * obs.shape[0], categories=conditions
     )
     obs = obs.drop(columns=[c for c in obs.columns if c.startswith("_scvi")])
     n_genes = var.shape[0]
-    layers = {k: v.reshape(-1, n_genes) for k, v in arrays.items() if k == "normalized"}
+    layers = {k: v.reshape(-1, n_genes) for k, v in arrays.items() if k == NORMALIZED_LAYER}
     return ad.AnnData(
         X=arrays["expression"].reshape(-1, n_genes), obs=obs, var=var.copy(), layers=layers
     )

@@ -18,29 +18,29 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, RNASeqMixin
 from scvi.utils import setup_anndata_dsp
 
-from ._constants import MMDMode
-from ._covariates import (
+from .._constants import MMDMode
+from .._utils import matrix_name, registry_var_names
+from .._version import __version__
+from ..data._covariates import (
     categorical_keys,
     covariate_fields,
     registered_covariates,
 )
-from ._data_splitter import ConditionBalancedDataSplitter
-from ._differential_mixin import DifferentialResponseMixin
+from ..data._data_splitter import ConditionBalancedDataSplitter
+from ..module._trvae import TRVAEModule
+from ..train._training_plan import TRVAETrainingPlan
 from ._initialisation import condition_gene_means
-from ._input_mixin import InputMixin
-from ._latent_mixin import LatentMixin
-from ._module import TRVAEModule
 from ._persistence import check_saved_model, save_model
-from ._prediction_mixin import PredictionMixin
 from ._setup_checks import check_setup_arguments
 from ._surgery import constrain_query_surgery
-from ._training_mixin import TrainingMixin
-from ._training_plan import TRVAETrainingPlan
-from ._utils import matrix_name, registry_var_names
 from ._validation import (
     check_expression,
 )
-from ._version import __version__
+from .base._differential_mixin import DifferentialResponseMixin
+from .base._input_mixin import InputMixin
+from .base._latent_mixin import LatentMixin
+from .base._prediction_mixin import PredictionMixin
+from .base._training_mixin import TrainingMixin
 
 
 class TRVAEModel(

@@ -10,9 +10,9 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.model.base import VAEMixin
 
-from ._constants import Representation
-from ._covariates import covariate_tensors
-from ._rollback import restores_adata_on_failure
+from ..._constants import Representation
+from ...module._covariates import covariate_tensors
+from .._rollback import restores_adata_on_failure
 
 
 class LatentMixin(VAEMixin):

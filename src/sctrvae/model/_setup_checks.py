@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anndata as ad
 
-from ._covariates import check_covariate_columns
-from ._utils import layer_matrix, matrix_name, registry_var_names
+from .._utils import layer_matrix, matrix_name, registry_var_names
+from ..data._covariates import check_covariate_columns
 from ._validation import (
     check_anndata_object,
     check_condition_column,

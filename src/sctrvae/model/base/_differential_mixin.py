@@ -8,10 +8,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ._counterfactual import paired_scales
-from ._differential import response_table
-from ._rollback import restores_adata_on_failure
-from ._validation import check_not_view
+from .._counterfactual import paired_scales
+from .._differential import response_table
+from .._rollback import restores_adata_on_failure
+from .._validation import check_not_view
 
 
 class DifferentialResponseMixin:

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from .._utils import hedged_change
+
 #: Default pseudocount, in counts at the median library size of a group's source cells.
 PSEUDOCOUNT_COUNTS = 0.5
 
@@ -122,7 +124,7 @@ def response_table(
         others = [observed[h] for h in observed if h != g]
         shared = np.mean(others, 0) if others else np.full(len(gene_names), np.nan)
         weight = 1.0 if weights is None or not others else float(weights.get(g, 1.0))
-        mean = model[g] if weight == 1.0 else shared + weight * (model[g] - shared)
+        mean = model[g] if weight == 1.0 else hedged_change(model[g], shared, weight)
         variance = stats[g]["draws_var"] + misfit + (0.0 if g in observed else spread(g))
         std = np.sqrt(variance)
         up, down = norm.sf((delta - mean) / std), norm.cdf((-delta - mean) / std)

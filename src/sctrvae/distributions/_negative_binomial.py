@@ -20,7 +20,7 @@ class SparseNegativeBinomial(NegativeBinomial):
     ``nonzero()``, whose output size the host must read; on an accelerator that read would stall
     every step, so there the dense formula of scvi-tools runs instead. Shapes broadcast as in
     scvi-tools (e.g. ``μ`` with a leading sample axis against per-cell counts). On CPU, draws
-    come from :func:`~sctrvae._nb_sampling.sample_negative_binomial` (same distribution, a
+    come from :func:`~sctrvae.distributions.sample_negative_binomial` (same distribution, a
     fraction of the cost for mostly-zero counts). Everything else (mean, variance) is
     scvi-tools' own.
 

@@ -8,11 +8,11 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.utils._docstrings import devices_dsp
 
-from ._backed import check_backed_file
-from ._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
-from ._threads import training_thread_scope
-from ._training_settings import training_settings
-from ._validation import check_condition_sizes
+from ..._threads import training_thread_scope
+from ...train._callbacks import RestoreBestWeights, StopOnNonFiniteLoss
+from ...train._training_settings import training_settings
+from .._backed import check_backed_file
+from .._validation import check_condition_sizes
 
 
 class TrainingMixin(UnsupervisedTrainingMixin):

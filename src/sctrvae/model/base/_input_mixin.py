@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 
-from ._backed import check_backed_file
-from ._covariates import check_covariate_columns, registered_covariates
-from ._utils import layer_matrix, selected_positions
-from ._validation import (
+from ..._utils import layer_matrix, selected_positions
+from ...data._covariates import check_covariate_columns, registered_covariates
+from .._backed import check_backed_file
+from .._validation import (
     check_anndata_object,
     check_expression,
     check_known_conditions,

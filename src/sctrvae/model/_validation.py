@@ -33,7 +33,7 @@ def _chunks(values: np.ndarray) -> Iterator[np.ndarray]:
         yield values[start : start + _CHUNK]
 
 
-def _in_memory_blocks(matrix) -> Iterator:
+def in_memory_blocks(matrix) -> Iterator:
     """``matrix`` itself when in memory; row blocks of it read one by one when it is backed.
 
     A backed matrix (an HDF5 / zarr dataset of a ``backed="r"`` AnnData) is never loaded whole:
@@ -49,7 +49,7 @@ def _in_memory_blocks(matrix) -> Iterator:
 
 
 def _value_chunks(matrix) -> Iterator[np.ndarray]:
-    for block in _in_memory_blocks(matrix):
+    for block in in_memory_blocks(matrix):
         yield from _chunks(matrix_values(block))
 
 
@@ -126,7 +126,7 @@ def check_expression(matrix, likelihood: str, where: str) -> None:
             "likelihood='normal' for log-normalised data."
         )
     totals = np.concatenate(
-        [np.asarray(block.sum(axis=1)).ravel() for block in _in_memory_blocks(matrix)]
+        [np.asarray(block.sum(axis=1)).ravel() for block in in_memory_blocks(matrix)]
     )
     empty = np.flatnonzero(totals == 0)
     if empty.size:

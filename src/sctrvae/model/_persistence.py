@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import torch
 from scvi.model.base import BaseModelClass
 
-from ._version import __version__
+from .._version import __version__
 
 if TYPE_CHECKING:
-    from ._model import TRVAEModel
+    from ._trvae import TRVAEModel
 
 #: Format of saved models. Raised when a change makes older releases misread newer files; a
 #: file of a newer format than the installed release reads is refused with an upgrade hint.

@@ -9,14 +9,20 @@ import anndata as ad
 import numpy as np
 import torch
 
-from ._calibration import calibrate_draws
-from ._constants import DEFAULT_DRAWS, Readout
-from ._counterfactual import decode_counterfactual, prediction_anndata
-from ._covariates import batch_code
-from ._rollback import restores_adata_on_failure
-from ._utils import log_expression, write_layer
-from ._validation import check_indices
-from ._version import __version__
+from ..._constants import (
+    CALIBRATION_UNS,
+    PREDICTION_LAYER,
+    PREDICTION_UNS,
+    READOUTS,
+    Readout,
+)
+from ..._utils import log_expression, write_layer
+from ..._version import __version__
+from ...data._covariates import batch_code
+from .._calibration import calibrate_draws
+from .._counterfactual import decode_counterfactual, prediction_anndata
+from .._rollback import restores_adata_on_failure
+from .._validation import check_indices
 
 
 class PredictionMixin:
@@ -118,7 +124,7 @@ class PredictionMixin:
             target,
             n_samples,
             library_size=None if library_size == "observed" else float(library_size),
-            with_reconstruction=readout == "calibrated",
+            with_reconstruction=READOUTS[readout].reads_reconstruction,
             batch=batch,
         )
         if not np.array_equal(computed, selected):
@@ -145,20 +151,20 @@ class PredictionMixin:
         if groupby is not None:
             record["groupby"] = groupby
         likelihood = self.module.likelihood
-        if readout == "calibrated":
+        if READOUTS[readout].reads_reconstruction:
             groups = None if groupby is None else adata.obs[groupby].iloc[selected]
             log_values, corrections = calibrate_draws(
                 arrays["observed"], arrays["expression"], arrays["reconstruction"], groups
             )
             corrections.columns = adata.var_names
-            pred.uns["sctrvae_calibration"] = corrections
+            pred.uns[CALIBRATION_UNS] = corrections
             per_cell = log_values.reshape(n_samples, selected.size, -1).mean(0)
         else:
             log_values = log_expression(pred.X, likelihood)
-            mean = arrays["expression"] if readout == "mean" else arrays["expression"].mean(0)
+            mean = arrays["expression"] if n_samples == 0 else arrays["expression"].mean(0)
             per_cell = log_expression(mean, likelihood)
-        pred.layers["log_normalized"] = log_values
-        pred.uns["sctrvae_prediction"] = record
+        pred.layers[PREDICTION_LAYER] = log_values
+        pred.uns[PREDICTION_UNS] = record
         if key_added is not None:
             write_layer(adata, selected, per_cell, key_added, record)
         return pred
@@ -172,19 +178,21 @@ class PredictionMixin:
         key_added: str | None,
     ) -> int:
         """Validate ``predict``'s readout arguments; returns the number of draws (0: the mean)."""
-        if readout not in DEFAULT_DRAWS:
-            raise ValueError(f"readout must be one of {list(DEFAULT_DRAWS)}, got {readout!r}.")
-        if readout == "mean" and n_samples:
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {list(READOUTS)}, got {readout!r}.")
+        spec = READOUTS[readout]
+        drawn = [name for name, other in READOUTS.items() if other.draws]
+        if spec.draws == 0 and n_samples:
             raise ValueError(
-                "readout='mean' is deterministic; for draws pass readout='sampled' or "
-                "'calibrated' with n_samples."
+                f"readout={readout!r} is deterministic; pass n_samples with a drawn readout, one "
+                f"of {drawn}."
             )
-        n_samples = DEFAULT_DRAWS[readout] if n_samples is None else n_samples
-        if readout != "mean" and not (isinstance(n_samples, int) and n_samples > 0):
+        n_samples = spec.draws if n_samples is None else n_samples
+        if spec.draws and not (isinstance(n_samples, int) and n_samples > 0):
             raise ValueError(f"readout={readout!r} needs n_samples >= 1, got {n_samples!r}.")
-        if readout == "calibrated" and self.module.likelihood == "normal":
-            raise ValueError("readout='calibrated' needs a count likelihood ('nb' or 'zinb').")
-        if groupby is not None and readout != "calibrated":
+        if spec.reads_reconstruction and self.module.likelihood == "normal":
+            raise ValueError(f"readout={readout!r} needs a count likelihood ('nb' or 'zinb').")
+        if groupby is not None and not spec.reads_reconstruction:
             raise ValueError("groupby sets the groups of readout='calibrated' only.")
         if library_size != "observed" and not (
             isinstance(library_size, int | float) and library_size > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import _in_memory_blocks
+from ._validation import in_memory_blocks
 
 
 def condition_gene_means(matrix, codes: np.ndarray, n_conditions: int, likelihood: str):
@@ -18,7 +18,7 @@ def condition_gene_means(matrix, codes: np.ndarray, n_conditions: int, likelihoo
     sums = np.zeros((n_conditions, matrix.shape[1]))
     cells = np.zeros(n_conditions)
     start = 0
-    for block in _in_memory_blocks(matrix):
+    for block in in_memory_blocks(matrix):
         block_codes = codes[start : start + block.shape[0]]
         start += block.shape[0]
         one_hot = sp.csr_matrix(

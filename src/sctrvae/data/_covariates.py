@@ -1,9 +1,10 @@
-"""Donors, batches and other covariates: their fields, checks, sizes and tensor overrides.
+"""Donors, batches and other covariates in the AnnData: their fields, checks and categories.
 
 The condition holds scvi-tools' batch slot (``REGISTRY_KEYS.BATCH_KEY``), which prediction
 (``transform_batch``) and condition surgery rely on. The user's ``batch_key`` (donor, lane) is
 therefore registered as the *first* categorical covariate (``REGISTRY_KEYS.CAT_COVS_KEY``), the
 other categorical covariates after it; ``setup_args["batch_key"]`` records that it is there.
+What the module does with a minibatch's covariates is in ``module/_covariates.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalJointObsField, NumericalJointObsField
 
@@ -114,37 +114,6 @@ def batch_code(registry: dict, batch: str) -> int:
     if str(batch) not in categories:
         raise ValueError(f"Unknown batch {batch!r}; the model knows {categories}.")
     return categories.index(str(batch))
-
-
-def covariate_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    """The registered covariates of a minibatch, as the module's ``cat_covs`` / ``cont_covs``."""
-    return {
-        "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-        "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
-    }
-
-
-def with_batch(tensors: dict[str, torch.Tensor], code: int | None) -> dict[str, torch.Tensor]:
-    """The minibatch with every cell's batch (first categorical covariate) set to ``code``."""
-    if code is None:
-        return tensors
-    cat_covs = tensors[_CAT].clone()
-    cat_covs[:, 0] = code
-    return {**tensors, _CAT: cat_covs}
-
-
-def mmd_strata(
-    labels: torch.Tensor | None, cat_covs: torch.Tensor, n_labels: int, n_batch: int
-) -> tuple[torch.Tensor, int]:
-    """(label, batch) codes and their number: the strata within which the MMD matches cells.
-
-    The label-aware MMD modes compare the conditions within (``"label"``) or at equal
-    proportions of (``"reweighted"``) these strata, so that a condition is not penalised for a
-    different donor mix, and a donor seen in one condition only stays out of the penalty.
-    """
-    batch = cat_covs[:, :1].long()
-    base = torch.zeros_like(batch) if labels is None else labels.reshape(-1, 1).long()
-    return base * n_batch + batch, max(n_labels, 1) * n_batch
 
 
 def sampler_labels(adata_manager, indices: np.ndarray) -> np.ndarray | None:
