@@ -20,38 +20,31 @@ Data: ``$SCTRVAE_KANG_PATH`` or ``../shared/data/kang_pbmc_ifnb_1975.h5ad`` besi
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import time
-import warnings
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scvi
+from _common import RESULTS, parser, quiet
 
 import sctrvae
-from sctrvae.metrics import log_normalized, score_log_expression, top_degs
+from sctrvae.metrics import log_normalized, score_log_expression
+from sctrvae.tl._held_out import GroupedData
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_ifnb_1975.h5ad"
-OUT = ROOT / "benchmarks" / "results"
 SIZES = (1, 3, 5)
 N_MODELS = 9
 REPEATS = 3
 
 
-def fold_rows(adata: ad.AnnData, group: str) -> list[dict]:
+def fold_rows(data: GroupedData, group: str) -> list[dict]:
     """Scores and costs of the k-model ensembles of one fold, every repetition."""
-    cond, cell_type = adata.obs["condition"], adata.obs["cell_type"]
-    held_out = ((cell_type == group) & (cond == "stimulated")).to_numpy()
-    source = adata[((cell_type == group) & (cond == "control")).to_numpy()].copy()
-    real = adata[held_out].copy()
-    deg_mask = adata.var_names.isin(top_degs(real, source, 100))
-    real_lognorm, source_lognorm = log_normalized(real), log_normalized(source)
-    train = adata[~held_out].copy()
+    ((keep, (held,)),) = data.folds([(group,)])
+    source = data.adata[held.source_cells].copy()
+    real_lognorm = log_normalized(data.adata[held.target_cells])
+    source_lognorm, deg_mask = log_normalized(source), held.deg_mask
+    train = data.adata[keep].copy()
     sctrvae.TRVAEModel.setup_anndata(train, condition_key="condition")
     models, seconds = [], []
     for i in range(N_MODELS):
@@ -131,17 +124,14 @@ def write_report(df: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--folds", nargs="*", help="cell types to hold out (default: all 7)")
-    parser.add_argument("--data", default=os.environ.get("SCTRVAE_KANG_PATH", DEFAULT_DATA))
-    parser.add_argument("--out", default=OUT, type=Path)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("scvi").setLevel(logging.ERROR)
+    options = parser(__doc__, out=RESULTS, kang=True)
+    options.add_argument("--folds", nargs="*", help="cell types to hold out (default: all 7)")
+    args = options.parse_args()
+    quiet()
 
     adata = ad.read_h5ad(args.data)
     folds = args.folds or list(adata.obs["cell_type"].cat.categories)
+    data = GroupedData(adata, "cell_type", "condition", "control", "stimulated", n_degs=100)
     csv = args.out / "ensemble.csv"
     args.out.mkdir(parents=True, exist_ok=True)
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["group"])
@@ -149,7 +139,7 @@ def main() -> None:
         if (done.group == group).any():
             continue
         start = time.perf_counter()
-        done = pd.concat([done, pd.DataFrame(fold_rows(adata, group))])
+        done = pd.concat([done, pd.DataFrame(fold_rows(data, group))])
         done.to_csv(csv, index=False)
         write_report(done, args.out / "ensemble.md")
         print(f"{group}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from _common import KANG_FOLDS, RESULTS, parser, quiet, report_header
+from _common import KANG_FOLDS, RESULTS, PeakRSS, parser, quiet, report_header
 
 import sctrvae
 
@@ -123,7 +123,9 @@ def main() -> None:
     start = time.perf_counter()
     folds = []
     for group in groups:  # one fold at a time, the report rewritten after each
-        folds.append(sctrvae.benchmark.leave_one_out(adata, *KANG_FOLDS, groups=[group]))
+        with PeakRSS() as memory:  # the fold's fits, predictions and references
+            fold = sctrvae.benchmark.leave_one_out(adata, *KANG_FOLDS, groups=[group])
+        folds.append(fold.assign(peak_rss_mb=memory.peak_mb))
         df = pd.concat(folds, ignore_index=True)
         df.to_csv(args.out / "kang_loo.csv", index=False)
         write_report(df, args.out, time.perf_counter() - start)

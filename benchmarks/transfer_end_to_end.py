@@ -19,7 +19,7 @@ from _common import RESULTS, parser, quiet, report_header
 
 import sctrvae
 from sctrvae.metrics import log_normalized, top_degs
-from sctrvae.tl._transfer_check import score_change
+from sctrvae.tl._held_out import score_change
 
 HELD_OUT = "patient_4"
 

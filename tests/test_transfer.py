@@ -219,6 +219,16 @@ def test_transfer_check_plot(check):
     ax = sctrvae.pl.transfer_check(check)
     assert len(ax.patches) == 9  # 3 groups × 3 methods
     assert len(ax.texts) == 3
+    per_group = check.groupby("group", sort=False).first()
+    half = student_t.ppf(0.95, 3) * per_group.margin_se
+    short = {"the model beats the shared response here": "beats"}
+    for text, (g, row) in zip(ax.texts, per_group.iterrows(), strict=True):
+        verdict = short.get(row.verdict, row.verdict)
+        assert text.get_text() == f"{verdict}\n{row.margin:+.2f} ± {half[g]:.2f}"
+    # the margin's spread drawn on the model's bars
+    (bars,) = [c for c in ax.collections if c.get_segments()]
+    lengths = [seg[1][1] - seg[0][1] for seg in bars.get_segments()]
+    np.testing.assert_allclose(lengths, 2 * half.to_numpy(), rtol=1e-6)
     with pytest.raises(KeyError, match="margin"):
         sctrvae.pl.transfer_check(check.drop(columns="margin"))
 

@@ -2,75 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scvi
 
-from ._utils import pearson
-from .metrics import condition_mixing, log_normalized, score_log_expression, top_degs
-from .model import TRVAEModel
-from .module import TRVAEModule
+from .._utils import pearson
+from ..metrics import condition_mixing, log_normalized, score_log_expression
+from ..model import TRVAEModel
+from ..tl._held_out import GroupedData
 
 #: Reference rows :func:`leave_one_out` can add to each fold.
 REFERENCES = ("ceiling", "identity", "mean_shift", "cvae")
-
-
-@contextmanager
-def output_bias_from_zero() -> Iterator[None]:
-    """Models built inside start their output bias at 0, as every model did before it had a start.
-
-    For comparisons with the earlier defaults; see
-    :meth:`~sctrvae.TRVAEModule.start_from_profiles` for what a model does otherwise.
-    """
-    start = TRVAEModule.start_from_profiles
-    TRVAEModule.start_from_profiles = lambda module, gene_means: None
-    try:
-        yield
-    finally:
-        TRVAEModule.start_from_profiles = start
-
-
-class PeakRSS:
-    """Context manager sampling this process's resident memory; ``.peak_mb`` after exit."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def current_mb() -> float:
-        """Resident set size now, in MiB (Linux ``/proc``; 0 where unavailable)."""
-        status = Path("/proc/self/status")
-        if not status.exists():
-            return 0.0
-        for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.current_mb())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak_mb = self.current_mb()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self.current_mb())
 
 
 def _model_rows(
@@ -87,16 +33,15 @@ def _model_rows(
 ) -> list[dict]:
     model_kwargs = dict(model_kwargs)
     labels_key = model_kwargs.pop("labels_key", None)
-    with PeakRSS() as memory:
-        TRVAEModel.setup_anndata(train, condition_key=condition_key, labels_key=labels_key)
-        model = TRVAEModel(train, **model_kwargs)
-        start = time.perf_counter()
-        model.train(**{"enable_progress_bar": False, **train_kwargs})
-        seconds = time.perf_counter() - start
-        mean = model.predict(source, target_condition=target)
-        drawn = model.predict(
-            source, target_condition=target, readout="calibrated", n_samples=n_samples
-        )
+    TRVAEModel.setup_anndata(train, condition_key=condition_key, labels_key=labels_key)
+    model = TRVAEModel(train, **model_kwargs)
+    start = time.perf_counter()
+    model.train(**{"enable_progress_bar": False, **train_kwargs})
+    seconds = time.perf_counter() - start
+    mean = model.predict(source, target_condition=target)
+    drawn = model.predict(
+        source, target_condition=target, readout="calibrated", n_samples=n_samples
+    )
     # alignment of the training cells' conditions within each group, where the MMD acts (y)
     mixing = {
         f"mixing_{rep}": condition_mixing(
@@ -110,7 +55,6 @@ def _model_rows(
         **mixing,
         "train_seconds": seconds,
         "epochs": len(model.history["elbo_train"]),
-        "peak_rss_mb": memory.peak_mb,
     }
     return [
         {
@@ -193,8 +137,7 @@ def leave_one_out(
     same draws with ``predict(readout="calibrated")``'s correction) or ``"cells"`` (the references
     built from real cells); the six scores, and for models the condition mixing of the training
     cells within groups in ``y`` and ``z`` (``mixing_y``, ``mixing_z``, see
-    :func:`~sctrvae.metrics.condition_mixing`), ``train_seconds``, ``epochs`` and
-    ``peak_rss_mb``.
+    :func:`~sctrvae.metrics.condition_mixing`), ``train_seconds`` and ``epochs``.
     """
     unknown = set(references) - set(REFERENCES)
     if unknown:
@@ -203,26 +146,18 @@ def leave_one_out(
     variants = dict(methods or {"trvae": {}})
     if "cvae" in references:
         variants["cvae"] = {"mmd_weight": 0.0}
-    cond = adata.obs[condition_key].astype(str).to_numpy()
-    group = adata.obs[group_key].astype(str).to_numpy()
+    data = GroupedData(adata, group_key, condition_key, source, target, n_degs)
     if groups is None:
-        groups = [g for g in pd.unique(group) if {source, target} <= set(cond[group == g])]
+        groups = [g for g in pd.unique(data.labels) if g in data.groups]
+    missing = [g for g in groups if g not in data.groups]
+    if missing:
+        raise ValueError(f"Group {missing[0]!r} has no cells in {source!r} or in {target!r}.")
     lognorm = log_normalized(adata)
-    group_delta = {
-        g: lognorm[(group == g) & (cond == target)].mean(0)
-        - lognorm[(group == g) & (cond == source)].mean(0)
-        for g in pd.unique(group)
-        if {source, target} <= set(cond[group == g])
-    }
     rows = []
-    for g in groups:
-        is_source, is_target = (group == g) & (cond == source), (group == g) & (cond == target)
-        if not is_source.any() or not is_target.any():
-            raise ValueError(f"Group {g!r} has no cells in {source!r} or in {target!r}.")
-        source_cells, real = adata[is_source].copy(), adata[is_target].copy()
-        degs = top_degs(real, source_cells, n_degs)
-        deg_mask = adata.var_names.isin(degs)
-        real_lognorm, source_lognorm = lognorm[is_target], lognorm[is_source]
+    for keep, (held,) in data.folds([(g,) for g in groups]):
+        g, deg_mask = held.name, held.deg_mask
+        real_lognorm, source_lognorm = lognorm[held.target_cells], lognorm[held.source_cells]
+        source_cells = adata[held.source_cells].copy()
 
         def scores_of(
             pred, real=real_lognorm, source_lognorm=source_lognorm, deg_mask=deg_mask, g=g
@@ -239,7 +174,7 @@ def leave_one_out(
             scvi.settings.seed = seed
             fold += _model_rows(
                 method,
-                adata[~is_target].copy(),
+                adata[keep].copy(),
                 source_cells,
                 condition_key,
                 group_key,
@@ -257,11 +192,16 @@ def leave_one_out(
         if "identity" in references:
             fold.append({"method": "identity", "readout": "cells", **scores_of(source_lognorm)})
         if "mean_shift" in references:
-            others = [d for h, d in group_delta.items() if h != g]
-            shifted = np.clip(source_lognorm + np.mean(others, axis=0), 0.0, None)
+            shift = data.shared([g])["mean_shift"]
+            shifted = np.clip(source_lognorm + shift, 0.0, None)
             fold.append({"method": "mean_shift", "readout": "cells", **scores_of(shifted)})
         rows += [
-            {"group": g, "n_source": int(is_source.sum()), "n_target": int(is_target.sum()), **row}
+            {
+                "group": g,
+                "n_source": held.source_cells.size,
+                "n_target": held.target_cells.size,
+                **row,
+            }
             for row in fold
         ]
     return pd.DataFrame(rows)
