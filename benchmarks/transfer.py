@@ -106,6 +106,11 @@ def run_group(adata: ad.AnnData, group: str, n_degs: int, t: str, seed: int):
         "model": predicted["model"],
         "change_se": record["change_se"].loc[t].to_numpy(),
         "refit_predictions": np.asarray(check.attrs["predictions"][t], dtype=np.float32),
+        "median_shift": predicted["median_shift"],
+        "lending": record["lending"].loc[t].reindex(changes.index.drop(t)).to_numpy(),
+        "held_out_by_refit": np.array(
+            [[g in fold for g in changes.index.drop(t)] for fold in check.attrs["folds"]]
+        ),
     }
     for g, c in check.attrs["changes"].items():
         evidence.update({f"{g}/{k}": np.asarray(v, dtype=np.float32) for k, v in c.items()})

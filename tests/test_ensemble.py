@@ -107,3 +107,21 @@ def test_bad_ensembles_are_rejected(ensemble, sim):
     other = sctrvae.TRVAEModel(sim, n_hidden=32, n_latent=4)
     with pytest.raises(ValueError, match="same genes"):
         sctrvae.TRVAEEnsemble.from_models([fitted.members[0], other])
+
+
+def test_training_prints_one_progress_bar_over_the_members(capfd):
+    adata = sctrvae.datasets.simulate(n_cells=200, n_genes=30, n_cell_types=2, seed=3)
+    sctrvae.TRVAEModel.setup_anndata(adata, condition_key="condition")
+    ensemble = sctrvae.TRVAEEnsemble(adata, n_models=2, n_hidden=16, n_latent=2)
+    capfd.readouterr()
+    ensemble.train(max_epochs=1, batch_size=64)
+    out, err = capfd.readouterr()
+    printed = out + err
+    for banner in ("GPU available", "Tip", "Loading", "Trainer.fit", "Epoch"):
+        assert banner not in printed
+    assert "ensemble" in printed and "2/2" in printed
+    # a user's own train() keeps scvi-tools' progress bar
+    model = sctrvae.TRVAEModel(adata, n_hidden=16, n_latent=2)
+    model.train(max_epochs=1, batch_size=64)
+    out, err = capfd.readouterr()
+    assert "Epoch 1/1" in out + err

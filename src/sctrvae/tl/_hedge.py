@@ -147,7 +147,9 @@ def hedge(
     -------
     ``None`` (or the copy), with ``adata.layers[key_added]`` (NaN outside the predicted rows)
     and ``adata.uns[key_added]``: ``"weights"`` (per group, the share of the model's own
-    prediction kept, ``1 − Σ_g a_g``), ``"target_condition"``, ``"readout": "hedged"``,
+    prediction kept, ``1 − Σ_g a_g``), ``"lending"`` (predicted groups × checked groups: each
+    ``a_g``, the share of the prediction that fell back for look-alike ``g``),
+    ``"target_condition"``, ``"readout": "hedged"``,
     ``"layer"``, ``"shared"``, and, when ``check`` carries the per-gene changes of
     :func:`~sctrvae.tl.transfer_check` (``check.attrs["changes"]``), ``"change"`` and
     ``"change_se"`` (groups × genes): the hedged mean change and its standard error (a 90%
@@ -183,7 +185,7 @@ def hedge(
     folds = check.attrs.get("folds", [])
 
     hedged = np.full(predicted.shape, np.nan, dtype=np.float32)
-    weights, change, se = {}, {}, {}
+    weights, change, se, lent_by = {}, {}, {}, {}
     groups = adata.obs[groupby].iloc[rows].astype(str).to_numpy()
     counts = layer_matrix(adata, model.registry_["setup_args"]["layer"])
     for t in pd.unique(groups):
@@ -203,6 +205,7 @@ def hedge(
         )
         change[t] = model_change - rests_on
         weights[t] = 1.0 - float(lending.sum())
+        lent_by[t] = lending
         hedged[cells] = np.clip(predicted[cells] - rests_on, 0.0, None)
         checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
         if checked:
@@ -221,6 +224,7 @@ def hedge(
         "layer": layer,
         "shared": shared,
         "weights": weights,
+        "lending": pd.DataFrame(lent_by).T,
     }
     if se:
         adata.uns[key_added]["change"] = pd.DataFrame(change, index=adata.var_names).T

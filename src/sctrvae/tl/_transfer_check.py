@@ -142,7 +142,9 @@ def transfer_check(
     max_steps
         Optimiser steps of each refit; default the check's share of the default budget.
     train_kwargs
-        Further keyword arguments of ``train()`` for each refit.
+        Further keyword arguments of ``train()`` for each refit (default: every cell trains,
+        ``train_size=1.0``, and no early stopping, ``early_stopping=False``: a refit's budget is
+        short and fixed).
     random_state
         Seed of the shuffles (the refits' own randomness follows ``scvi.settings.seed``).
     progress
@@ -185,7 +187,8 @@ def transfer_check(
     if len(data.groups) < 3:
         raise ValueError("A transfer check needs at least three groups with both conditions.")
     folds = grouped_folds(checked, min(n_folds, len(checked)), n_repeats, random_state)
-    train_kwargs = dict(train_kwargs or {})
+    # each refit runs its whole share of the budget: no validation split, no early stopping
+    train_kwargs = {"train_size": 1.0, "early_stopping": False, **(train_kwargs or {})}
     if max_steps is None:
         max_steps = refit_steps(int(data.without_targets(folds[0]).sum()), len(folds), train_kwargs)
     train_kwargs["max_steps"] = max_steps
