@@ -170,3 +170,50 @@ def test_weights_hedge_toward_the_shared_response(fitted):
     # the model's own response moves only by its draws of z between calls
     np.testing.assert_allclose(half.lfc_model, plain.lfc_model, atol=0.05)
     assert (half.weight == 0.5).all()
+
+
+def test_transfer_se_replaces_misfit_and_spread_for_unmeasured_groups():
+    from sctrvae.model._differential import response_table
+
+    rng = np.random.default_rng(0)
+    n_genes = 6
+    group = np.repeat(["a", "b", "c"], 20)
+    condition = np.tile(["ctrl", "stim"], 30)
+    condition[group == "c"] = "ctrl"  # c never measured in stim
+    counts = rng.poisson(5.0, (60, n_genes)).astype(float)
+    source_scale = rng.dirichlet(np.ones(n_genes), (3, 10))
+
+    def decode(cells):
+        n = cells.size
+        return source_scale[:, :n], source_scale[:, :n][:, :, ::-1]
+
+    se = np.linspace(0.1, 0.6, n_genes)
+    table = response_table(
+        decode,
+        counts,
+        group,
+        condition,
+        [f"g{i}" for i in range(n_genes)],
+        "ctrl",
+        "stim",
+        ["a", "c"],
+        transfer_se={"c": se},
+    )
+    plain = response_table(
+        decode,
+        counts,
+        group,
+        condition,
+        [f"g{i}" for i in range(n_genes)],
+        "ctrl",
+        "stim",
+        ["a", "c"],
+    )
+    pc = table[table.group == "c"].pseudocounts.iloc[0]
+    lfc = np.log2(source_scale[:, :10][:, :, ::-1].mean(1) + pc) - np.log2(
+        source_scale[:, :10].mean(1) + pc
+    )
+    np.testing.assert_allclose(table[table.group == "c"].lfc_std, np.sqrt(lfc.var(0) + se**2))
+    # a measured group keeps its misfit; without transfer_se the unmeasured one its spread
+    np.testing.assert_allclose(table[table.group == "a"].lfc_std, plain[plain.group == "a"].lfc_std)
+    assert not np.allclose(table[table.group == "c"].lfc_std, plain[plain.group == "c"].lfc_std)

@@ -398,3 +398,31 @@ def test_interval_se_covers_the_worst_checked_group():
     # intervals stay narrow where every checked group was predicted well
     calm = sctrvae.tl.interval_se(residuals[:3], degs[:3])
     assert np.median(calm) < 0.5 * np.median(se)
+
+
+def test_differential_response_of_an_unmeasured_group_follows_the_check(fitted, check):
+    model, _ = fitted
+    others = [c for g, c in check.attrs["changes"].items() if g != HELD_OUT]
+    expected = sctrvae.tl.interval_se(
+        [np.subtract(c["real"], c["model"]) for c in others], [c["degs"] for c in others]
+    ) / np.log(2.0)
+    scvi.settings.seed = 0
+    plain = model.differential_response(None, "patient", "control", "stimulated", n_samples=4)
+    scvi.settings.seed = 0
+    checked = model.differential_response(
+        None, "patient", "control", "stimulated", n_samples=4, check=check
+    )
+    rows = checked.group == HELD_OUT
+    # the same draws: the variance over them plus the check's calibrated transfer error
+    draws_var = checked[rows].lfc_std.to_numpy() ** 2 - expected**2
+    assert (draws_var >= -1e-9).all()
+    np.testing.assert_allclose(
+        checked[rows].lfc_mean.to_numpy(), plain[plain.group == HELD_OUT].lfc_mean.to_numpy()
+    )
+    assert not np.allclose(checked[rows].lfc_std, plain[plain.group == HELD_OUT].lfc_std)
+    # measured groups keep the model's misfit
+    np.testing.assert_allclose(checked[~rows].lfc_std, plain[plain.group != HELD_OUT].lfc_std)
+    with pytest.raises(ValueError, match="same genes"):
+        bad = check.copy()
+        bad.attrs = {"changes": {"patient_0": {"real": [0.0], "model": [[0.0]], "degs": [0]}}}
+        model.differential_response(None, "patient", "control", "stimulated", check=bad)

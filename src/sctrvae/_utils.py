@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.stats import norm
 from scvi import REGISTRY_KEYS
 from sklearn.neighbors import NearestNeighbors
 
@@ -145,3 +146,48 @@ def quiet_fitting() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+#: Pseudo-count of genes' pooled error in each gene's error estimate (few left-out groups).
+PRIOR_GROUPS = 2.0
+
+
+def change_se(residuals: np.ndarray, prior_groups: float = PRIOR_GROUPS) -> np.ndarray:
+    """Standard error per gene of a predicted change, from left-out groups' errors.
+
+    ``residuals`` (left-out groups × genes): real minus predicted change of each group of the
+    transfer check, under the same rule. Each gene's mean squared error is pooled with the
+    average over genes (weight ``prior_groups`` against the ``k`` groups), and inflated by
+    ``1 + 1/k`` for a new group. A 90% interval is ``change ± 1.645 · se``.
+    """
+    k = residuals.shape[0]
+    per_gene = (residuals**2).mean(0)
+    pooled = (k * per_gene + prior_groups * per_gene.mean()) / (k + prior_groups)
+    return np.sqrt(pooled * (1.0 + 1.0 / k))
+
+
+def interval_se(
+    residuals: Sequence[np.ndarray], degs: Sequence[np.ndarray], level: float = 0.9
+) -> np.ndarray:
+    """Per-gene standard error of a new group's change, calibrated on the checked groups.
+
+    ``residuals``: per checked group, its real minus predicted change in each refit that scored
+    it (refits × genes); ``degs``: per checked group, the positions of its DEGs. The per-gene
+    scale is :func:`change_se` of all residuals. Each group's radius is the multiple of that
+    scale its residuals need for ``level`` of its DEGs, and of all its genes, to lie within
+    (averaged over its refits); the largest radius over the groups sets the interval: a new
+    group exchangeable with the checked ones needs more with probability at most ``1/(k + 1)``
+    (``k`` groups), and one group the model got wrong, a look-alike above all, widens every
+    interval. Returned as a standard error: the ``level`` interval is ``change ± z · se`` with
+    ``z`` the normal quantile (1.645 at 90%).
+    """
+    z = float(norm.ppf(0.5 + level / 2))
+    scale = change_se(np.vstack(residuals))
+    radii = []
+    for errors, positions in zip(residuals, degs, strict=True):
+        ratio = np.abs(np.atleast_2d(errors)) / scale
+        need = np.maximum(
+            np.quantile(ratio[:, positions], level, axis=1), np.quantile(ratio, level, axis=1)
+        )
+        radii.append(need.mean())
+    return scale * max(radii) / z

@@ -79,6 +79,7 @@ def response_table(
     credible_level: float = 0.95,
     random_state: int | None = 0,
     weights: Mapping[str, float] | None = None,
+    transfer_se: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Predicted response of each group and gene to ``target`` vs ``source``, with uncertainty.
 
@@ -87,7 +88,9 @@ def response_table(
     normalised expressions of those cells decoded under ``source`` and under ``target``, each
     ``(draws, cells, genes)``; ``counts`` are the measured counts, ``group`` and ``condition``
     each cell's group and condition. Every group with ``source`` cells is decoded (the measured
-    ones give the model's misfit), and ``groups`` are returned.
+    ones give the model's misfit), and ``groups`` are returned. ``transfer_se``: per group never
+    measured in ``target``, a per-gene standard error of a transferred response (log2 units)
+    measured on held-out groups, which replaces the misfit and the spread of responses.
     """
     rng = np.random.default_rng(random_state)
     missing = [g for g in groups if not ((group == g) & (condition == source)).any()]
@@ -125,7 +128,10 @@ def response_table(
         shared = np.mean(others, 0) if others else np.full(len(gene_names), np.nan)
         weight = 1.0 if weights is None or not others else float(weights.get(g, 1.0))
         mean = model[g] if weight == 1.0 else hedged_change(model[g], shared, weight)
-        variance = stats[g]["draws_var"] + misfit + (0.0 if g in observed else spread(g))
+        if g not in observed and transfer_se is not None and g in transfer_se:
+            variance = stats[g]["draws_var"] + np.square(transfer_se[g])
+        else:
+            variance = stats[g]["draws_var"] + misfit + (0.0 if g in observed else spread(g))
         std = np.sqrt(variance)
         up, down = norm.sf((delta - mean) / std), norm.cdf((-delta - mean) / std)
         table = pd.DataFrame(

@@ -1,7 +1,8 @@
 """Tools in scanpy's style: checks of transfer on your own groups, and hedged predictions."""
 
+from .._utils import change_se, interval_se
 from ._coverage import donor_coverage
-from ._hedge import change_se, hedge, interval_se, lending_weights
+from ._hedge import hedge, lending_weights
 from ._similarity import group_changes, group_similarity
 from ._transfer_check import transfer_check
 

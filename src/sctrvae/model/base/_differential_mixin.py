@@ -8,10 +8,30 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..._utils import interval_se
 from .._counterfactual import paired_scales
 from .._differential import response_table
 from .._rollback import restores_adata_on_failure
 from .._validation import check_not_view
+
+
+def checked_transfer_se(check: pd.DataFrame, groups, n_genes: int) -> dict[str, np.ndarray]:
+    """Per group, the check's calibrated standard error of a transferred change, in log2 units.
+
+    The check measures changes of mean log-normalised expression (natural log); a log2 fold
+    change is that over ``ln 2``.
+    """
+    changes = check.attrs.get("changes", {})
+    if not changes or any(len(c["real"]) != n_genes for c in changes.values()):
+        raise ValueError(
+            "check must be a tl.transfer_check table of this model, over the same genes."
+        )
+    out = {}
+    for g in groups:
+        others = [c for h, c in changes.items() if h != g]
+        residuals = [np.subtract(c["real"], c["model"]) for c in others]
+        out[g] = interval_se(residuals, [c["degs"] for c in others]) / np.log(2.0)
+    return out
 
 
 class DifferentialResponseMixin:
@@ -34,6 +54,7 @@ class DifferentialResponseMixin:
         random_state: int | None = 0,
         key_added: str | None = None,
         weights: Mapping[str, float] | None = None,
+        check: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Predicted log fold change of every gene, ``target`` vs ``source``, per group.
 
@@ -53,8 +74,15 @@ class DifferentialResponseMixin:
         (``benchmarks/differential_response.py``). ``proba_up`` = ``P(LFC >= delta)``,
         ``proba_down`` = ``P(LFC <= -delta)``, ``proba_de`` their sum, under that normal.
 
-        With ``weights`` (e.g. from a transfer check), a group's response is hedged toward the
-        shared response, the mean of the other measured groups' responses:
+        With ``check`` (the table of :func:`sctrvae.tl.transfer_check` for this model), the
+        uncertainty of a group never measured in ``target`` follows the check's calibration
+        instead, as :func:`sctrvae.tl.hedge`'s intervals do: the spread over draws plus the
+        held-out error of the check's refits on the checked groups (other than the group
+        itself), calibrated so that the worst-predicted checked group's DEGs are covered
+        (:func:`sctrvae.tl.interval_se`), converted from natural-log to log2 units.
+
+        With ``weights`` (e.g. from :func:`sctrvae.tl.hedge`), a group's response is hedged
+        toward the shared response, the mean of the other measured groups' responses:
         ``shared + w * (model - shared)``.
 
         Parameters
@@ -91,6 +119,9 @@ class DifferentialResponseMixin:
         weights
             Per group, the share ``w`` of the model's own response to keep (the rest is the
             shared response); groups not named keep ``1``.
+        check
+            A :func:`sctrvae.tl.transfer_check` table of this model (its ``attrs["changes"]``
+            over the same genes): calibrates the uncertainty of unmeasured groups.
 
         Returns
         -------
@@ -150,6 +181,7 @@ class DifferentialResponseMixin:
             credible_level=credible_level,
             random_state=random_state,
             weights=weights,
+            transfer_se=None if check is None else checked_transfer_se(check, groups, adata.n_vars),
         )
         if key_added is not None:
             adata.uns[key_added] = {
