@@ -423,7 +423,7 @@ def test_differential_response_of_an_unmeasured_group_follows_the_check(fitted, 
     assert not np.allclose(checked[rows].lfc_std, plain[plain.group == HELD_OUT].lfc_std)
     # measured groups keep the model's misfit
     np.testing.assert_allclose(checked[~rows].lfc_std, plain[plain.group != HELD_OUT].lfc_std)
+    bad = check.copy()
+    bad.attrs = {"changes": {"patient_0": {"real": [0.0], "model": [[0.0]], "degs": [0]}}}
     with pytest.raises(ValueError, match="same genes"):
-        bad = check.copy()
-        bad.attrs = {"changes": {"patient_0": {"real": [0.0], "model": [[0.0]], "degs": [0]}}}
         model.differential_response(None, "patient", "control", "stimulated", check=bad)
