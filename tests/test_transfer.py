@@ -263,10 +263,9 @@ def _coverage(model, data, source):
     )
 
 
-def test_hedge_without_refit_predictions_falls_back_to_the_shared_response(fitted, check):
+def test_hedge_with_untrusted_look_alikes_returns_the_shared_response(fitted, check):
     model, data, source = _predict(fitted)
     unreliable = check.assign(reliability=0.0)
-    unreliable.attrs = {k: v for k, v in check.attrs.items() if k != "predictions"}
     sctrvae.tl.hedge(model, data, unreliable, "patient", "pred")
     assert data.uns["pred_hedged"]["weights"] == {HELD_OUT: 0.0}
     hedged = _changes(data, source, "pred_hedged")
@@ -281,25 +280,37 @@ def test_hedge_without_refit_predictions_falls_back_to_the_shared_response(fitte
     assert np.isnan(data.layers["pred_hedged"][~source]).all()
 
 
-def test_hedge_falls_back_to_the_refits_without_each_look_alike(fitted, check):
+def test_hedge_sets_aside_untested_lending_and_widens_by_it(fitted, check):
     model, data, source = _predict(fitted)
-    # the check predicted patient_3 (source cells only in training) with each of its refits
-    refits = np.asarray(check.attrs["predictions"][HELD_OUT])
-    assert refits.shape == (4, data.n_vars)
-    folds = check.attrs["folds"]
-    assert folds == [list(f) for f in grouped_folds(CHECKED, 2, 2, random_state=0)]
-    sctrvae.tl.hedge(model, data, check.assign(reliability=0.0, lent=0.0), "patient", "pred")
-    record = data.uns["pred_hedged"]
+    # patient_2 is patient_3's look-alike (simulate_patients' pair): it covers it, the others not
     coverage = _coverage(model, data, source)
+    assert coverage["patient_2"] > 0.5
+    assert coverage.drop("patient_2").max() < 0.2
+    # the check tested no lending (lent 0): even reliable look-alikes are not trusted to lend
+    untested = check.assign(reliability=1.0, lent=0.0)
+    sctrvae.tl.hedge(model, data, untested, "patient", "pred")
+    record = data.uns["pred_hedged"]
     a = coverage / max(1.0, coverage.sum())
+    w = 1.0 - a.sum()
+    assert record["weights"][HELD_OUT] == pytest.approx(w)
+    assert record["lending"].loc[HELD_OUT].to_dict() == pytest.approx(a.to_dict())
+    _, changes = sctrvae.tl.group_changes(
+        model.adata, "patient", "condition", "control", "stimulated"
+    )
+    shared = changes.median(0).to_numpy()
     model_change = _changes(data, source, "pred")
-    without = {g: refits[[g in f for f in folds]].mean(0) for g in CHECKED}
-    expected = model_change - sum(a[g] * (model_change - without[g]) for g in CHECKED)
-    np.testing.assert_allclose(record["change"].loc[HELD_OUT], expected, atol=1e-5)
-    assert record["weights"][HELD_OUT] == pytest.approx(1.0 - a.sum())
-    # the interval spans, on each side, what rests on the untested lending
-    untested = sum(a[g] * np.abs(model_change - without[g]) for g in CHECKED)
-    assert (1.645 * record["change_se"].loc[HELD_OUT].to_numpy() >= untested - 1e-5).all()
+    np.testing.assert_allclose(
+        record["change"].loc[HELD_OUT], shared + w * (model_change - shared), atol=1e-5
+    )
+    # the interval spans, on each side, what the hedge set aside
+    others = [c for g, c in check.attrs["changes"].items() if g != HELD_OUT]
+    calibrated = sctrvae.tl.interval_se(
+        [np.subtract(c["real"], c["model"]) for c in others], [c["degs"] for c in others]
+    )
+    set_aside = (1 - w) * np.abs(model_change - shared)
+    np.testing.assert_allclose(
+        1.645 * record["change_se"].loc[HELD_OUT], 1.645 * calibrated + set_aside, rtol=1e-3
+    )
 
 
 def test_hedge_with_trusted_look_alikes_keeps_the_model(fitted, check):

@@ -2,7 +2,7 @@
 
 from .._utils import change_se, interval_se
 from ._coverage import donor_coverage
-from ._hedge import hedge, lending_weights
+from ._hedge import hedge, hedged_change_se, lending_weights
 from ._similarity import group_changes, group_similarity
 from ._transfer_check import transfer_check
 
@@ -12,6 +12,7 @@ __all__ = [
     "group_changes",
     "group_similarity",
     "hedge",
+    "hedged_change_se",
     "interval_se",
     "lending_weights",
     "transfer_check",

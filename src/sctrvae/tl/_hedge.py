@@ -1,4 +1,4 @@
-"""Hedge a prediction where it rests on a look-alike's response that nothing tested."""
+"""Hedge a prediction toward the shared response where it rests on untested lending."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .._utils import interval_se, layer_matrix
+from .._utils import hedged_change, interval_se, layer_matrix
 from ..metrics import log1p_normalize
 from ._coverage import donor_coverage
 from ._held_out import shared_changes
@@ -33,6 +33,26 @@ def lending_weights(coverage: pd.Series, reliability: pd.Series, lent: pd.Series
     return weights / max(1.0, float(weights.sum()))
 
 
+def hedged_change_se(
+    model_change: np.ndarray, shared_change: np.ndarray, weight: float, checked: dict
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A predicted group's hedged mean change and its standard error (see :func:`hedge`).
+
+    The change is ``shared + weight · (model − shared)``. Its standard error adds to the checked
+    groups' calibrated held-out error (:func:`interval_se` of their real minus refitted changes;
+    ``checked``: the entries of ``check.attrs["changes"]`` other than the predicted group)
+    what the weight set aside, ``(1 − weight) · |model − shared| / 1.645``: a 90% interval spans
+    the hedged-away part of the model's prediction on each side. ``None`` without checked groups.
+    """
+    change = hedged_change(model_change, shared_change, weight)
+    if not checked:
+        return change, None
+    residuals = [np.subtract(c["real"], c["model"]) for c in checked.values()]
+    calibrated = interval_se(residuals, [c["degs"] for c in checked.values()])
+    set_aside = (1.0 - weight) * np.abs(model_change - shared_change) / norm.ppf(0.95)
+    return change, calibrated + set_aside
+
+
 def hedge(
     model,
     adata: ad.AnnData,
@@ -47,31 +67,32 @@ def hedge(
     """Keep of each group's predicted response only what its look-alikes make trustworthy.
 
     A model lends a group ``t`` it never saw treated the response of the cells ``t`` looks
-    like. Where that lending was never tested, the hedged mean change of ``t`` falls back, for
-    the part of ``t`` each look-alike ``g`` covers, to what the check's refits predicted for
-    ``t`` without ``g``'s response:
+    like. The hedged mean change of ``t`` keeps a share ``w_t`` of the model's own prediction
+    and takes the rest from the shared response (``shared``: the mean or gene-wise median
+    change of the training groups):
 
-    ``change_t = model_t − Σ_g a_g · (model_t − without_g)``
+    ``change_t = shared + w_t · (model_t − shared)``, ``w_t = 1 − Σ_g a_g``,
 
-    with ``a_g`` from :func:`lending_weights` (``coverage_g(t) · (1 − trust_g)``) and
-    ``without_g`` the mean of the predicted changes of ``t`` by the refits of
-    :func:`sctrvae.tl.transfer_check` that held ``g``'s target cells out
-    (``check.attrs["predictions"]``; the check must run on the data the model was trained on,
-    in which ``t`` has source cells only). Where the check has no predictions of ``t``, the
-    fallback is the shared response instead (``shared``: mean or median change of the training
-    groups). ``coverage_g(t)`` (:func:`donor_coverage`) is how far ``g``'s source cells cover
-    ``t``'s in the model's ``z``: a group far from every training group keeps the model's
-    prediction, which then comes from what the model learned across groups rather than from one
-    look-alike. ``trust_g`` is high where the check tested lending to ``g`` (``lent_g``: ``g``
-    was covered by treated look-alikes in its refits) and the refits beat the shared response on
-    ``g`` (``reliability_g``), and else the check's lending record. Every predicted cell is
-    shifted by the change's correction (clipped at 0).
+    with ``a_g = coverage_g(t) · (1 − trust_g)`` (:func:`lending_weights`) over the checked
+    groups ``g``. ``coverage_g(t)`` (:func:`donor_coverage`) is how far ``g``'s source cells
+    cover ``t``'s in the model's ``z``: 1 for a look-alike whose cells mix with ``t``'s, 0 for
+    a group apart. A group far from every training group keeps the model's prediction, which
+    then comes from what the model learned across groups rather than from one look-alike.
+    ``trust_g`` is what the check of :func:`sctrvae.tl.transfer_check` says of lending ``g``'s
+    response: where its refits tested lending to ``g`` (``lent_g``: ``g`` was covered by
+    treated look-alikes) it is ``reliability_g``, the probability that the refits beat the
+    shared response on ``g``; where lending to ``g`` was never tested, it is the check's
+    lending record ``L`` (how often tested lending succeeded; 0 where nothing was tested, as
+    among patients that all differ at baseline). A look-alike's response is lent to ``t`` only
+    as far as lending was seen to work. Every predicted cell is shifted by the change's
+    correction (clipped at 0).
 
-    The per-gene interval of the hedged change (``change_se``) has two parts: the refits'
-    errors on the checked groups, calibrated by :func:`interval_se` (the worst-predicted checked
-    group sets its width), and, on each side, the part of the model's prediction that rests on
-    untested lending, ``Σ_g a_g · |model_t − without_g|``: where lending a look-alike's response
-    changes the prediction and nothing tested it, the truth may lie on either side.
+    The per-gene interval of the hedged change (``change_se``, :func:`hedged_change_se`) adds
+    two parts: the refits' held-out errors on the checked groups, calibrated so that the
+    worst-predicted checked group's DEGs and genes are covered (:func:`interval_se`), and, on
+    each side, the part of the model's prediction the hedge set aside: where lending a
+    look-alike's response was never tested, the truth may lie on either side of the shared
+    response.
 
     Parameters
     ----------
@@ -87,8 +108,7 @@ def hedge(
     layer
         The predicted, log-normalised layer.
     shared
-        ``"mean_shift"`` or ``"median_shift"``: the fallback where the check did not predict
-        the group.
+        ``"mean_shift"`` or ``"median_shift"``: the shared response hedged toward.
     n_neighbors
         Neighbours in ``z`` that decide how far each training group covers a predicted group.
     key_added
@@ -134,8 +154,6 @@ def hedge(
         train_groups, per_group.index
     )
     donors_z = model.get_latent_representation(train, indices=np.flatnonzero(is_donor))
-    refit_changes = check.attrs.get("predictions", {})
-    folds = check.attrs.get("folds", [])
 
     hedged = np.full(predicted.shape, np.nan, dtype=np.float32)
     weights, change, se, lent_by = {}, {}, {}, {}
@@ -146,30 +164,14 @@ def hedge(
         others = train_groups[is_donor] != t  # a group never lends to itself
         z = model.get_latent_representation(adata, indices=cells)
         coverage = donor_coverage(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
-        lending = lending_weights(coverage, per_group["reliability"], per_group["lent"])
+        lent_by[t] = lending_weights(coverage, per_group["reliability"], per_group["lent"])
+        weights[t] = 1.0 - float(lent_by[t].sum())
         model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
         base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
-        fallback = {
-            g: _without(refit_changes.get(t), folds, g, default=base) for g in lending.index
-        }
-        rests_on = sum(
-            (a * (model_change - fallback[g]) for g, a in lending.items()),
-            np.zeros_like(model_change),
-        )
-        change[t] = model_change - rests_on
-        weights[t] = 1.0 - float(lending.sum())
-        lent_by[t] = lending
-        hedged[cells] = np.clip(predicted[cells] - rests_on, 0.0, None)
         checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
-        if checked:
-            residuals = [np.subtract(c["real"], c["model"]) for c in checked.values()]
-            untested = sum(
-                (a * np.abs(model_change - fallback[g]) for g, a in lending.items()),
-                np.zeros_like(model_change),
-            )
-            se[t] = interval_se(
-                residuals, [c["degs"] for c in checked.values()]
-            ) + untested / norm.ppf(0.95)
+        change[t], se[t] = hedged_change_se(model_change, base, weights[t], checked)
+        hedged[cells] = np.clip(predicted[cells] + change[t] - model_change, 0.0, None)
+    se = {t: v for t, v in se.items() if v is not None}
     adata.layers[key_added] = hedged
     adata.uns[key_added] = {
         "readout": "hedged",
@@ -183,11 +185,3 @@ def hedge(
         adata.uns[key_added]["change"] = pd.DataFrame(change, index=adata.var_names).T
         adata.uns[key_added]["change_se"] = pd.DataFrame(se, index=adata.var_names).T
     return adata if copy else None
-
-
-def _without(
-    refit_changes: list | None, folds: list, group: str, default: np.ndarray
-) -> np.ndarray:
-    """Mean predicted change by the refits that held ``group`` out; ``default`` if none."""
-    held = [c for c, fold in zip(refit_changes or [], folds, strict=False) if group in fold]
-    return np.mean(held, axis=0) if held else default

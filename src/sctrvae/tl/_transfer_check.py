@@ -169,10 +169,8 @@ def transfer_check(
     ``table.attrs["changes"]``: per group, the real mean change per gene (``"real"``), its DEGs'
     positions (``"degs"``) and, per refit that scored it, the predicted changes (lists under
     ``"model"``, ``"mean_shift"``, ``"median_shift"``), from which :func:`sctrvae.tl.hedge`
-    calibrates the intervals of a hedged change. ``table.attrs["predictions"]``: per group with
-    ``source`` cells but no ``target`` cells (the groups you predict), its predicted change by
-    each refit; ``["folds"]``: the groups each refit held out; ``["refits"]`` and
-    ``["refit_steps"]``: what the check cost.
+    calibrates the intervals of a hedged change; ``table.attrs["folds"]``: the groups each refit
+    held out; ``["refits"]`` and ``["refit_steps"]``: what the check cost.
     """
     adata = model.adata if adata is None else adata
     condition_key = model.registry_["setup_args"]["condition_key"]
@@ -194,10 +192,6 @@ def transfer_check(
     train_kwargs["max_steps"] = max_steps
     scores, margins, lent = [], [], {}
     changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
-    # groups with source cells only: those a user predicts; each refit predicts them too, so
-    # that tl.hedge sees how their prediction moves with the groups a refit was trained on
-    untreated = sorted(set(data.labels[data.is_source]) - set(data.groups))
-    untreated_changes = {u: [] for u in untreated}
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
     # the caller's progress bar is the one line a check prints
     with quiet_fitting():
@@ -239,11 +233,6 @@ def transfer_check(
                 # lists, because pandas compares attrs with == when it combines tables
                 for method, change in predictions.items():
                     changes_of[group.name][method].append(change.tolist())
-            for u in untreated:
-                cells = adata[data.is_source & (data.labels == u)].copy()
-                untreated_changes[u].append(
-                    predicted_change(refit, cells, target, readout, n_samples).tolist()
-                )
             del refit
             bar.update()
     bar.close()
@@ -265,7 +254,6 @@ def transfer_check(
         )
     table.attrs.update(
         changes=changes_of,
-        predictions=untreated_changes,
         folds=[list(fold) for fold in folds],
         refits=len(folds),
         refit_steps=max_steps,
