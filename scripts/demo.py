@@ -127,7 +127,10 @@ def main() -> None:
     changes = sctrvae.tl.group_changes(train, tk, ck, source, target)[1]
     source_log = sctrvae.metrics.log_normalized(source_cells)
     real_log, is_deg = sctrvae.metrics.log_normalized(real), real.var_names.isin(degs)
-    for name, shift in (("mean shift", changes.mean(0)), ("median shift", changes.median(0))):
+    for name, shift in (
+        ("mean shift", changes.mean(axis=0)),
+        ("median shift", changes.median(axis=0)),
+    ):
         table[f"{name} (no model)"] = sctrvae.metrics.score_log_expression(
             source_log + shift.to_numpy(), real_log, source_log, is_deg
         )
