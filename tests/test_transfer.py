@@ -151,7 +151,7 @@ def test_hedge_with_unreliable_donors_returns_the_shared_response(fitted, check)
     _, changes = sctrvae.tl.group_changes(
         model.adata, "patient", "condition", "control", "stimulated"
     )
-    shared = changes.median(0).to_numpy()
+    shared = changes.median(axis=0).to_numpy()
     model_change = _changes(data, source, "pred")
     # clipping at 0 moves a few low genes: close to the shared response, far from the model's
     assert np.corrcoef(hedged, shared)[0, 1] > 0.97
