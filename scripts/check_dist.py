@@ -1,7 +1,8 @@
 """Check the release artefacts in ``dist/``: one sdist and one wheel of the same version.
 
 The wheel must hold the package only: no ``benchmarks/``, ``tests/``, ``docs/``, ``tutorials/``
-or ``scripts/``, and no data files (``.h5ad``). With ``--install`` the wheel is installed into a
+or ``scripts/``, and neither artefact data files (``.h5ad``) or local caches and builds
+(``.hypothesis/``, ``.venv/``, ...). With ``--install`` the wheel is installed into a
 fresh virtual environment (the pinned torch first, as ``make`` installs it) and imported there,
 outside the source tree, and its ``sctrvae.__version__`` must be the wheel's version.
 
@@ -20,6 +21,16 @@ from pathlib import Path
 
 #: Top-level folders of the repository that must not reach the wheel.
 NOT_IN_WHEEL = ("benchmarks/", "tests/", "docs/", "tutorials/", "scripts/")
+#: Local artefacts that must not reach the sdist (hatch leaves out what .gitignore names).
+NOT_IN_SDIST = (
+    ".hypothesis/",
+    ".venv/",
+    "dist/",
+    "demo_output/",
+    "lightning_logs/",
+    "docs/_build/",
+    "docs/generated/",
+)
 #: Files the wheel must hold.
 REQUIRED = ("sctrvae/__init__.py", "sctrvae/py.typed", "sctrvae/_version.py")
 
@@ -48,6 +59,7 @@ def check_sdist(sdist: Path) -> list[str]:
         names = archive.getnames()
     root = names[0].split("/")[0]
     problems = [n for n in names if n.endswith(".h5ad")]
+    problems += [n for n in names if n.removeprefix(f"{root}/").startswith(NOT_IN_SDIST)]
     required = [f"{root}/{n}" for n in ("PKG-INFO", "pyproject.toml", "LICENSE", "README.md")]
     problems += [f"missing: {n}" for n in required if n not in names]
     print(f"{sdist.name}: {len(names)} files")
