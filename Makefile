@@ -1,4 +1,5 @@
-# Two entry points: `make demo` and `make test`; `make docs` builds the documentation.
+# Two entry points: `make demo` and `make test`; `make docs` builds the documentation, `make dist`
+# the release artefacts.
 # All (re)build .venv first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +18,7 @@ SOURCE ?=
 TARGET ?=
 OUT ?= demo_output
 
-.PHONY: demo test docs venv clean
+.PHONY: demo test docs dist venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-dist: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet build twine
 	touch $@
 
 $(VENV)/.installed-docs: $(VENV)/.installed
@@ -49,5 +54,15 @@ docs: $(VENV)/.installed-docs
 	rm -rf docs/generated
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
+# release artefacts: sdist and wheel in dist/ (version from the git tag), their metadata checked,
+# the wheel's contents checked (the package only) and the wheel installed into a fresh virtual
+# environment, the pinned torch first, where it must import
+dist: $(VENV)/.installed-dist
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m twine check --strict dist/*
+	$(BIN)/python scripts/check_dist.py dist --install --torch "$(TORCH)" \
+	  $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache docs/_build docs/generated
+	rm -rf $(VENV) $(OUT) .pytest_cache docs/_build docs/generated dist

@@ -116,7 +116,9 @@ def run_group(adata: ad.AnnData, group: str, n_degs: int, t: str, seed: int):
         "group": t,
         **deltas,
         **hedged,
-        "know_nothing_width": float(np.median(2 * Z90 * changes.drop(index=t).std(0).to_numpy())),
+        "know_nothing_width": float(
+            np.median(2 * Z90 * changes.drop(index=t).std(axis=0).to_numpy())
+        ),
         "fit_seconds": fit_seconds,
         "check_seconds": check_seconds,
         "refits": check.attrs["refits"],

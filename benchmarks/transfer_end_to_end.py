@@ -78,7 +78,7 @@ def main() -> None:
     for name, change in (
         ("model (calibrated)", np.nanmean(data.layers["pred"][source], 0) - own),
         ("hedged", np.nanmean(data.layers["pred_hedged"][source], 0) - own),
-        ("median shift", changes.drop(index=HELD_OUT).median(0).to_numpy()),
+        ("median shift", changes.drop(index=HELD_OUT).median(axis=0).to_numpy()),
     ):
         scores = score_change(change, real, source_mean, degs)
         lines.append(

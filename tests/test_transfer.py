@@ -272,7 +272,7 @@ def test_hedge_with_untrusted_look_alikes_returns_the_shared_response(fitted, ch
     _, changes = sctrvae.tl.group_changes(
         model.adata, "patient", "condition", "control", "stimulated"
     )
-    shared = changes.median(0).to_numpy()
+    shared = changes.median(axis=0).to_numpy()
     model_change = _changes(data, source, "pred")
     # clipping at 0 moves a few low genes: close to the shared response, far from the model's
     assert np.corrcoef(hedged, shared)[0, 1] > 0.97
@@ -297,7 +297,7 @@ def test_hedge_sets_aside_untested_lending_and_widens_by_it(fitted, check):
     _, changes = sctrvae.tl.group_changes(
         model.adata, "patient", "condition", "control", "stimulated"
     )
-    shared = changes.median(0).to_numpy()
+    shared = changes.median(axis=0).to_numpy()
     model_change = _changes(data, source, "pred")
     np.testing.assert_allclose(
         record["change"].loc[HELD_OUT], shared + w * (model_change - shared), atol=1e-5

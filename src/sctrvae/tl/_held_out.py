@@ -123,8 +123,8 @@ class GroupedData:
 def shared_changes(changes: pd.DataFrame) -> dict[str, np.ndarray]:
     """The shared-response baselines: mean and gene-wise median of other groups' changes."""
     return {
-        "mean_shift": changes.mean(0).to_numpy(),
-        "median_shift": changes.median(0).to_numpy(),
+        "mean_shift": changes.mean(axis=0).to_numpy(),
+        "median_shift": changes.median(axis=0).to_numpy(),
     }
 
 

@@ -71,7 +71,7 @@ def group_similarity(
     log-normalised source profiles), ``response_correlation`` (Pearson r of the mean changes).
     """
     baseline, change = group_changes(adata, groupby, condition_key, source, target)
-    genes = np.argsort(-change.abs().max(0).to_numpy())[:n_genes]
+    genes = np.argsort(-change.abs().max(axis=0).to_numpy())[:n_genes]
     rows = [
         {
             "group_a": a,
