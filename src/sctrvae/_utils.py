@@ -6,6 +6,7 @@ A leaf module: it imports nothing of sctrvae and no scanpy, so every other modul
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -20,6 +21,9 @@ from sklearn.neighbors import NearestNeighbors
 #: Loggers whose info lines (Lightning's banner and tips, scvi-tools' setup transfers) a fit
 #: inside another function must not print.
 FIT_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
+#: Modules (regular expressions on the warning's module) whose deprecation warnings such a fit
+#: does not print.
+FIT_DEPRECATIONS_FROM = (r"lightning\.", r"torch\.", r"scvi\.")
 
 #: Total counts each cell is scaled to before ``log1p``.
 TARGET_SUM = 1e4
@@ -132,7 +136,7 @@ def registry_var_names(registry: dict) -> pd.Index:
 
 @contextmanager
 def quiet_fitting() -> Iterator[None]:
-    """Fits and predictions inside run without info lines; warnings still show.
+    """Fits and predictions inside run without info lines or third-party deprecations.
 
     For the fits a function makes on its own (refits of a check, members of an ensemble): the
     caller's progress bar is the one line the user should see.
@@ -142,7 +146,13 @@ def quiet_fitting() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
     try:
-        yield
+        with warnings.catch_warnings():
+            # deprecations inside Lightning and torch (e.g. torch's LeafSpec, at every fit):
+            # nothing a user can act on, repeated once per internal fit
+            for module in FIT_DEPRECATIONS_FROM:
+                warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
