@@ -40,9 +40,8 @@ import scvi
 
 import sctrvae
 from sctrvae._utils import pearson
-from sctrvae.metrics import log_normalized, top_degs
-from sctrvae.tl import group_changes, hedged_change_se
-from sctrvae.tl._held_out import score_change, shared_changes
+from sctrvae.tl import hedged_change_se
+from sctrvae.tl._held_out import GroupedData, score_change
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -60,39 +59,37 @@ def load(design: str) -> tuple[ad.AnnData, str, int]:
     return sctrvae.datasets.simulate_patients(pair_response=design, seed=0), "patient", 50
 
 
-def run_group(adata: ad.AnnData, group: str, n_degs: int, t: str, seed: int):
+def run_group(data: GroupedData, group: str, t: str, seed: int):
     """The workflow with ``t``'s stimulated cells held out: one row, and the check's verdicts."""
-    labels = adata.obs[group].astype(str).to_numpy()
-    condition = adata.obs[CONDITION].astype(str).to_numpy()
-    source, target = (labels == t) & (condition == SOURCE), (labels == t) & (condition == TARGET)
-    train = adata[~target].copy()
+    ((keep, (held,)),) = data.folds([(t,)])
+    adata, source = data.adata, held.source_cells
+    train = adata[keep].copy()
     scvi.settings.seed = seed
     sctrvae.TRVAEModel.setup_anndata(train, condition_key=CONDITION)
     model = sctrvae.TRVAEModel(train)
     start = time.perf_counter()
     model.train(enable_progress_bar=False)
     fit_seconds = time.perf_counter() - start
-    data = adata.copy()
+    written = adata.copy()
     model.predict(
-        data,
-        indices=np.flatnonzero(source),
+        written,
+        indices=source,
         target_condition=TARGET,
         readout="calibrated",
         key_added="pred",
     )
     start = time.perf_counter()
-    check = sctrvae.tl.transfer_check(model, group, SOURCE, TARGET, n_degs=n_degs, progress=False)
+    check = sctrvae.tl.transfer_check(
+        model, group, SOURCE, TARGET, n_degs=data.n_degs, progress=False
+    )
     check_seconds = time.perf_counter() - start
-    sctrvae.tl.hedge(model, data, check, group, "pred")
-    record = data.uns["pred_hedged"]
+    sctrvae.tl.hedge(model, written, check, group, "pred")
+    record = written.uns["pred_hedged"]
 
-    baseline, changes = group_changes(adata, group, CONDITION, SOURCE, TARGET)
-    real, source_mean = changes.loc[t].to_numpy(), baseline.loc[t].to_numpy()
-    degs = adata.var_names.isin(top_degs(adata[target], adata[source], n_degs))
-    own = log_normalized(adata[source]).mean(0)
+    real, source_mean, degs = held.real_change, held.source_mean, held.deg_mask
     predicted = {
-        "model": np.nanmean(data.layers["pred"][source], 0) - own,
-        **shared_changes(changes.drop(index=t)),
+        "model": np.nanmean(written.layers["pred"][source], 0) - source_mean,
+        **data.shared([t]),
     }
     deltas = {
         m: score_change(c, real, source_mean, degs)["pearson_delta_deg"]
@@ -104,7 +101,7 @@ def run_group(adata: ad.AnnData, group: str, n_degs: int, t: str, seed: int):
         "degs": degs,
         "model": predicted["model"],
         "median_shift": predicted["median_shift"],
-        "lending": record["lending"].loc[t].reindex(changes.index.drop(t)).to_numpy(),
+        "lending": record["lending"].loc[t].reindex(data.changes.index.drop(t)).to_numpy(),
     }
     for g, c in check.attrs["changes"].items():
         evidence.update({f"{g}/{k}": np.asarray(v, dtype=np.float32) for k, v in c.items()})
@@ -117,7 +114,7 @@ def run_group(adata: ad.AnnData, group: str, n_degs: int, t: str, seed: int):
         **deltas,
         **hedged,
         "know_nothing_width": float(
-            np.median(2 * Z90 * changes.drop(index=t).std(axis=0).to_numpy())
+            np.median(2 * Z90 * data.changes.drop(index=t).std(axis=0).to_numpy())
         ),
         "fit_seconds": fit_seconds,
         "check_seconds": check_seconds,
@@ -164,6 +161,7 @@ def hedge_scores(evidence: dict) -> dict:
 
 def run(design: str, seeds: list[int], out: Path) -> None:
     adata, group, n_degs = load(design)
+    data = GroupedData(adata, group, CONDITION, SOURCE, TARGET, n_degs)
     rows_path, verdicts_path = out / f"{design}.csv", out / f"{design}_verdicts.csv"
     rows = pd.read_csv(rows_path) if rows_path.exists() else pd.DataFrame(columns=["seed", "group"])
     verdicts = pd.read_csv(verdicts_path) if verdicts_path.exists() else pd.DataFrame()
@@ -171,7 +169,7 @@ def run(design: str, seeds: list[int], out: Path) -> None:
         for t in adata.obs[group].cat.categories.astype(str):
             if ((rows.seed == seed) & (rows.group == t)).any():
                 continue
-            row, checked, evidence = run_group(adata, group, n_degs, t, seed)
+            row, checked, evidence = run_group(data, group, t, seed)
             np.savez_compressed(out / f"{design}_seed{seed}_{t}.npz", **evidence)
             rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
             verdicts = pd.concat([verdicts, checked], ignore_index=True)
