@@ -29,6 +29,7 @@ from _common import RESULTS, parser, quiet, report_header
 from sklearn.metrics import average_precision_score
 
 import sctrvae
+from sctrvae.tl._held_out import GroupedData
 
 N_DEGS = 100
 BASELINE = "abs(mean observed LFC of the other types)"
@@ -80,12 +81,11 @@ def fitted_model(train, group: str, seed: int, models: Path | None):
     return model, seconds
 
 
-def fold(adata, group: str, seed: int = 0, models: Path | None = None):
+def fold(data: GroupedData, group: str, seed: int = 0, models: Path | None = None):
     """Train without ``group``'s stimulated cells; score rankings and coverage for ``group``."""
-    is_group = (adata.obs["cell_type"] == group).to_numpy()
-    is_stim = (adata.obs["condition"] == "stimulated").to_numpy()
+    adata = data.adata
     truths = wilcoxon_truths(adata, group)
-    train = adata[~(is_group & is_stim)].copy()
+    train = adata[data.without_targets([group])].copy()
     model, seconds = fitted_model(train, group, seed, models)
     rows = []
     for level in COVERAGE_LEVELS:
@@ -181,11 +181,13 @@ def main() -> None:
 
     adata = sctrvae.datasets.kang2018(path=args.data)
     groups = args.groups or list(adata.obs["cell_type"].astype("category").cat.categories)
+    # the held-out engine's split (its scores are not this benchmark's: the test's are)
+    data = GroupedData(adata, "cell_type", "condition", "control", "stimulated", n_degs=100)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = []
     for group in groups:  # the report is rewritten after each fold
-        fold_rows, seconds = fold(adata, group, models=args.models)
+        fold_rows, seconds = fold(data, group, models=args.models)
         rows += [{**row, "train_seconds": seconds} for row in fold_rows]
         df = pd.DataFrame(rows)
         write_report(df, args.out, len(groups), time.perf_counter() - start)

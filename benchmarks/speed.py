@@ -64,7 +64,8 @@ def kang_folds(path: Path, groups: list[str] | None, seeds: range, labels: bool)
     import anndata as ad
     import lightning.pytorch as pl
     import scvi
-    from sctrvae.metrics import log_normalized, score_log_expression, top_degs
+    from sctrvae.metrics import log_normalized, score_log_expression
+    from sctrvae.tl._held_out import GroupedData
 
     class StepCounter(pl.Callback):
         def on_train_end(self, trainer, pl_module):
@@ -72,15 +73,13 @@ def kang_folds(path: Path, groups: list[str] | None, seeds: range, labels: bool)
 
     adata = ad.read_h5ad(path)
     lognorm = log_normalized(adata)
-    cond, types = adata.obs["condition"].to_numpy(), adata.obs["cell_type"].astype(str).to_numpy()
+    data = GroupedData(adata, "cell_type", "condition", "control", "stimulated", n_degs=100)
+    folds = [(g,) for g in groups or list(adata.obs["cell_type"].cat.categories)]
     rows = []
     for seed in seeds:
-        for group in groups or list(adata.obs["cell_type"].cat.categories):
-            is_source = (types == group) & (cond == "control")
-            is_target = (types == group) & (cond == "stimulated")
-            degs = top_degs(adata[is_target].copy(), adata[is_source].copy(), 100)
-            deg_mask = adata.var_names.isin(degs)
-            train, source = adata[~is_target].copy(), adata[is_source].copy()
+        for keep, (held,) in data.folds(folds):
+            group, deg_mask = held.name, held.deg_mask
+            train, source = adata[keep].copy(), adata[held.source_cells].copy()
             counter = StepCounter()
             scvi.settings.seed = seed
             load = os.getloadavg()[0]
@@ -94,7 +93,10 @@ def kang_folds(path: Path, groups: list[str] | None, seeds: range, labels: bool)
             pred = model.predict(source, target_condition="stimulated", readout="calibrated")
             end = time.perf_counter()
             scores = score_log_expression(
-                pred.layers["log_normalized"], lognorm[is_target], lognorm[is_source], deg_mask
+                pred.layers["log_normalized"],
+                lognorm[held.target_cells],
+                lognorm[held.source_cells],
+                deg_mask,
             )
             rows.append(
                 {
