@@ -67,6 +67,9 @@ class GroupedData:
         The condition predicted from, and the condition predicted.
     n_degs
         Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
+    lognorm
+        The cells' expression already log-normalised, for the changes and baselines (see
+        :func:`~sctrvae.tl.group_changes`); DEGs are still ranked on the counts.
     """
 
     def __init__(
@@ -77,9 +80,12 @@ class GroupedData:
         source: str,
         target: str,
         n_degs: int,
+        lognorm: np.ndarray | None = None,
     ):
         self.adata, self.n_degs = adata, n_degs
-        self.baseline, self.changes = group_changes(adata, groupby, condition_key, source, target)
+        self.baseline, self.changes = group_changes(
+            adata, groupby, condition_key, source, target, lognorm
+        )
         self.labels = adata.obs[groupby].astype(str).to_numpy()
         condition = adata.obs[condition_key].astype(str).to_numpy()
         self.is_source, self.is_target = condition == source, condition == target

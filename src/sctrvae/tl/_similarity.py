@@ -12,14 +12,20 @@ from ..metrics import log_normalized
 
 
 def group_changes(
-    adata: ad.AnnData, groupby: str, condition_key: str, source: str, target: str
+    adata: ad.AnnData,
+    groupby: str,
+    condition_key: str,
+    source: str,
+    target: str,
+    lognorm: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean log-normalised source expression and mean change (target − source) per group.
 
-    Only groups with cells in both conditions; counts in ``adata.X``. Returns two
+    Only groups with cells in both conditions; counts in ``adata.X``, or ``lognorm``: the cells'
+    expression already log-normalised (e.g. over more genes than ``adata`` holds). Returns two
     groups × genes DataFrames: the source means and the changes.
     """
-    lognorm = log_normalized(adata)
+    lognorm = log_normalized(adata) if lognorm is None else np.asarray(lognorm)
     groups = adata.obs[groupby].astype(str).to_numpy()
     condition = adata.obs[condition_key].astype(str).to_numpy()
     baseline, change = {}, {}
