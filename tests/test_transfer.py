@@ -200,7 +200,8 @@ def test_transfer_check_refits_share_two_and_a_half_budgets(fitted, monkeypatch)
     def spy(*args, **kwargs):
         steps.append(kwargs["max_steps"])
         # a refit runs its whole share: every cell trains, nothing stops it early
-        assert kwargs["train_size"] == 1.0 and kwargs["early_stopping"] is False
+        assert kwargs["train_size"] == 1.0
+        assert kwargs["early_stopping"] is False
         return refit_like(*args, **{**kwargs, "max_steps": 2})
 
     monkeypatch.setattr(_transfer_check, "refit_like", spy)
