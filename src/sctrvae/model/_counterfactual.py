@@ -82,7 +82,9 @@ def decoded_batches(
         start += n
 
 
-def fill(arrays: dict[str, np.ndarray], cells: slice, values: dict[str, np.ndarray], n_cells: int):
+def fill(
+    arrays: dict[str, np.ndarray], cells: slice, values: dict[str, np.ndarray], n_cells: int
+) -> None:
     """Copy one minibatch's ``values`` into ``arrays`` at the positions ``cells``.
 
     An array is allocated at its first minibatch: ``n_cells`` cells, the draws and genes of the

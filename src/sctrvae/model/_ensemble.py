@@ -32,7 +32,7 @@ from .._utils import (
 from ._persistence import atomic_directory, manifest_content, read_manifest
 from ._rollback import restores_adata_on_failure
 from ._trvae import TRVAEModel
-from .base._prediction_mixin import chosen_readout
+from .base._prediction_mixin import check_returned, chosen_readout
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
@@ -185,11 +185,7 @@ class TRVAEEnsemble:
         predict_kwargs: dict,
     ) -> None:
         """``predict(..., return_anndata=False)``: the members' per-cell layers, combined."""
-        if key_added is None:
-            raise ValueError(
-                "return_anndata=False returns nothing: pass key_added to write the readout into "
-                "adata.layers[key_added]."
-            )
+        check_returned(False, key_added)
         readout = chosen_readout(predict_kwargs.get("readout"), predict_kwargs.get("n_samples"))
         # what predict averages over the members: a deterministic readout's expected counts,
         # drawn readouts' log-normalised values (an unknown readout is refused by the members)

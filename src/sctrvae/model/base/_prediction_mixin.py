@@ -37,6 +37,15 @@ def chosen_readout(readout: str | None, n_samples: int | None) -> str:
     return "sampled" if n_samples else "mean"
 
 
+def check_returned(return_anndata: bool, key_added: str | None) -> None:
+    """Refuse ``return_anndata=False`` without ``key_added``: nothing would be kept."""
+    if not return_anndata and key_added is None:
+        raise ValueError(
+            "return_anndata=False returns nothing: pass key_added to write the readout into "
+            "adata.layers[key_added]."
+        )
+
+
 def warn_if_large(n_samples: int, n_cells: int, n_genes: int, likelihood: str) -> None:
     """Warn when the AnnData ``predict`` returns would hold over ``LARGE_PREDICTION_BYTES``."""
     # float32 X and log-normalised layer, and the proportions of count likelihoods
@@ -148,11 +157,7 @@ class PredictionMixin:
         default; ``.uns["sctrvae_prediction"]``: the record above;
         ``.uns["sctrvae_calibration"]`` (``"calibrated"``): the corrections, groups × genes.
         """
-        if not return_anndata and key_added is None:
-            raise ValueError(
-                "return_anndata=False returns nothing: pass key_added to write the readout into "
-                "adata.layers[key_added]."
-            )
+        check_returned(return_anndata, key_added)
         pred, layer, record = self._predict(
             adata,
             indices,
