@@ -1,12 +1,17 @@
 """predict(readout="calibrated"): draws shifted by the reconstruction error of the cells."""
 
+import tracemalloc
+
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 from sctrvae.metrics import log1p_normalize
-from sctrvae.model._calibration import calibrate_draws
+from sctrvae.model._calibration import ReconstructionError
+from sctrvae.model._counterfactual import decoded_batches
+from sctrvae.model.base import _prediction_mixin
 
 
 def test_identical_prediction_and_reconstruction_give_the_observed_group_means():
@@ -15,15 +20,21 @@ def test_identical_prediction_and_reconstruction_give_the_observed_group_means()
     profile = rng.dirichlet(np.ones(8)) * 500
     draws = np.broadcast_to(profile, (4, 12, 8)).copy()  # the same cell everywhere
     groups = pd.Series(["a"] * 5 + ["b"] * 7)
-    corrected, table = calibrate_draws(observed, draws, draws, groups)
+    error = ReconstructionError(groups, np.arange(12), 12, 8)
+    # in two minibatches, cut inside group b
+    for cells in (slice(0, 9), slice(9, 12)):
+        error.add(cells, observed[cells], draws[:, cells])
+    batches = (slice(0, 4), slice(4, 12))
+    corrected = np.concatenate([error.calibrate(c, draws[:, c]) for c in batches], axis=1)
 
-    assert corrected.shape == (4 * 12, 8)
+    assert corrected.shape == (4, 12, 8)
+    table = error.table(pd.Index([f"g{i}" for i in range(8)]))
     assert list(table.index) == ["a", "b"]
+    assert list(table.columns) == [f"g{i}" for i in range(8)]
     observed_log = log1p_normalize(observed)
-    per_draw = corrected.reshape(4, 12, 8)
     for label, cells in (("a", slice(0, 5)), ("b", slice(5, 12))):
         np.testing.assert_allclose(
-            per_draw[:, cells].mean((0, 1)), observed_log[cells].mean(0), rtol=1e-5, atol=1e-6
+            corrected[:, cells].mean((0, 1)), observed_log[cells].mean(0), rtol=1e-5, atol=1e-6
         )
         np.testing.assert_allclose(
             table.loc[label].to_numpy(),
@@ -33,11 +44,167 @@ def test_identical_prediction_and_reconstruction_give_the_observed_group_means()
         )
 
 
+def test_a_cell_selected_twice_counts_twice():
+    rng = np.random.default_rng(1)
+    observed = rng.poisson(3.0, size=(3, 5)).astype(float)
+    reconstruction = rng.poisson(3.0, size=(2, 3, 5)).astype(float)
+    # cell 1 selected twice: the loader reads it once
+    error = ReconstructionError(None, np.array([0, 1, 2, 1]), 3, 5)
+    error.add(slice(0, 3), observed, reconstruction)
+    repeated = [0, 1, 2, 1]
+    expected = log1p_normalize(observed[repeated]).mean(0) - log1p_normalize(
+        reconstruction[:, repeated].reshape(-1, 5)
+    ).mean(0)
+    np.testing.assert_allclose(error.shift[0], expected, rtol=1e-5, atol=1e-6)
+    assert list(error.groups) == ["all"]
+
+
 def test_corrected_values_are_clipped_at_zero():
     observed = np.zeros((3, 4))
     draws = np.full((2, 3, 4), 10.0)
-    corrected, _ = calibrate_draws(observed, draws, draws * np.array([1, 1, 1, 100.0]))
-    assert corrected.min() >= 0.0
+    error = ReconstructionError(None, np.arange(3), 3, 4)
+    error.add(slice(0, 3), observed, draws * np.array([1, 1, 1, 100.0]))
+    assert error.calibrate(slice(0, 3), draws).min() >= 0.0
+
+
+def calibrated_in_one_piece(model, adata, cells, target, n_samples, batch_size, groupby=None):
+    """The calibrated readout computed on whole arrays, as before it was streamed.
+
+    Decodes, in ``predict``'s order (every cell under its own condition, then under the
+    target), all draws at once, then shifts them by the per-group mean reconstruction error.
+    Returns the per-cell mean of the corrected draws and the corrections by group.
+    """
+
+    def draws(condition):
+        loader = model._make_data_loader(adata, indices=cells, batch_size=batch_size)
+        batches = decoded_batches(model.module, loader, condition, n_samples, normalized=False)
+        return np.concatenate([out["expression"] for _, out in batches], axis=1)
+
+    reconstruction = draws(None)
+    predicted = draws(model._condition_code(target))
+    n_genes = adata.n_vars
+    observed = log1p_normalize(adata.X[cells])
+    reconstructed = log1p_normalize(reconstruction.reshape(-1, n_genes))
+    reconstructed = reconstructed.reshape(n_samples, cells.size, n_genes).mean(0)
+    corrected = log1p_normalize(predicted.reshape(-1, n_genes))
+    corrected = corrected.reshape(n_samples, cells.size, n_genes)
+    labels = (
+        np.full(cells.size, "all")
+        if groupby is None
+        else adata.obs[groupby].iloc[cells].astype(str).to_numpy()
+    )
+    shifts = {}
+    for label in pd.unique(labels):
+        group = labels == label
+        shifts[label] = observed[group].mean(0) - reconstructed[group].mean(0)
+        corrected[:, group] += shifts[label]
+    return np.clip(corrected, 0.0, None).mean(0), pd.DataFrame(shifts).T
+
+
+@pytest.mark.parametrize("groupby", [None, "cell_type"])
+def test_the_streamed_layer_is_the_calibration_of_all_draws_at_once(trained, groupby):
+    model, adata = trained
+    work = adata.copy()
+    control = np.flatnonzero(work.obs["condition"] == "control")
+    kwargs = {
+        "indices": control,
+        "target_condition": "stimulated",
+        "readout": "calibrated",
+        "n_samples": 4,
+        "groupby": groupby,
+        "batch_size": 48,  # several minibatches, cut inside the cell types
+    }
+    torch.manual_seed(3)
+    assert model.predict(work, key_added="streamed", return_anndata=False, **kwargs) is None
+    after_streamed = torch.get_rng_state()
+    torch.manual_seed(3)
+    pred = model.predict(work, key_added="returned", **kwargs)
+    # both took the same draws, and as many
+    assert torch.equal(torch.get_rng_state(), after_streamed)
+    torch.manual_seed(3)
+    per_cell, shifts = calibrated_in_one_piece(model, work, control, "stimulated", 4, 48, groupby)
+
+    streamed = work.layers["streamed"]
+    assert streamed.dtype == np.float32
+    assert np.isnan(np.delete(streamed, control, axis=0)).all()
+    np.testing.assert_allclose(streamed[control], per_cell, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(streamed, work.layers["returned"])
+    np.testing.assert_allclose(
+        streamed[control],
+        pred.layers["log_normalized"].reshape(4, control.size, -1).mean(0),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    table = pred.uns["sctrvae_calibration"]
+    np.testing.assert_allclose(table.loc[shifts.index].to_numpy(), shifts, rtol=1e-5, atol=1e-6)
+    assert work.uns["streamed"] == pred.uns["sctrvae_prediction"]
+
+
+def test_the_same_seed_gives_the_same_streamed_layer(trained):
+    model, adata = trained
+    work = adata.copy()
+    kwargs = {"target_condition": "stimulated", "readout": "calibrated", "n_samples": 2}
+    layers = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        model.predict(work, key_added="layer", return_anndata=False, **kwargs)
+        layers.append(work.layers["layer"])
+    np.testing.assert_array_equal(*layers)
+    model.predict(work, key_added="layer", return_anndata=False, **kwargs)
+    assert not np.array_equal(work.layers["layer"], layers[0])
+
+
+def test_streaming_holds_one_minibatch_of_draws_at_a_time(trained, monkeypatch):
+    model, adata = trained
+    work = adata.copy()
+    n_samples, batch_size, n_genes = 80, 8, adata.n_vars
+    widest = []
+
+    def spy(method):
+        def wrapped(self, cells, *arrays):
+            widest.append(max(a.shape[-2] for a in arrays))
+            return method(self, cells, *arrays)
+
+        return wrapped
+
+    monkeypatch.setattr(ReconstructionError, "add", spy(ReconstructionError.add))
+    monkeypatch.setattr(ReconstructionError, "calibrate", spy(ReconstructionError.calibrate))
+    monkeypatch.setattr(
+        _prediction_mixin, "prediction_anndata", lambda *a, **k: pytest.fail("AnnData built")
+    )
+    monkeypatch.setattr(_prediction_mixin, "fill", lambda *a, **k: pytest.fail("draws kept"))
+    control = np.flatnonzero(work.obs["condition"] == "control")
+    tracemalloc.start()
+    model.predict(
+        work,
+        indices=control,
+        target_condition="stimulated",
+        readout="calibrated",
+        n_samples=n_samples,
+        batch_size=batch_size,
+        key_added="layer",
+        return_anndata=False,
+    )
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(widest) > 0
+    assert max(widest) <= batch_size
+    # every draw of every cell: 80 × ~300 × 120 float32, ~12 MB; a minibatch's: 0.3 MB
+    all_draws = n_samples * control.size * n_genes * 4
+    assert peak < all_draws / 4, f"{peak / 1e6:.1f} MB traced, all draws {all_draws / 1e6:.1f}"
+
+
+def test_calibrated_without_anndata_needs_a_layer(trained):
+    model, _ = trained
+    with pytest.raises(ValueError, match="pass key_added"):
+        model.predict(target_condition="stimulated", readout="calibrated", return_anndata=False)
+
+
+def test_a_large_anndata_is_announced(trained, monkeypatch):
+    model, _ = trained
+    monkeypatch.setattr(_prediction_mixin, "LARGE_PREDICTION_BYTES", 1000)
+    with pytest.warns(UserWarning, match="return_anndata=False"):
+        model.predict(indices=np.arange(10), target_condition="stimulated")
 
 
 def test_predict_calibrated_per_group(trained):

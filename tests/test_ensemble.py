@@ -73,6 +73,33 @@ def test_draws_of_every_member_are_stacked(ensemble, readout):
         assert (pred.layers["log_normalized"] >= 0).all()
 
 
+@pytest.mark.parametrize(
+    ("readout", "n_samples"), [("mean", None), ("sampled", 3), ("calibrated", 3)]
+)
+def test_the_layer_alone_is_the_one_written_with_the_draws(ensemble, readout, n_samples):
+    fitted, adata = ensemble
+    work = adata.copy()
+    ctrl = np.flatnonzero(work.obs["condition"] == "control")[:40]
+    kwargs = {
+        "indices": ctrl,
+        "target_condition": "stimulated",
+        "readout": readout,
+        "n_samples": n_samples,
+        "batch_size": 16,
+    }
+    torch.manual_seed(2)
+    pred = fitted.predict(work, key_added="with_draws", **kwargs)
+    torch.manual_seed(2)
+    assert fitted.predict(work, key_added="alone", return_anndata=False, **kwargs) is None
+    np.testing.assert_allclose(
+        work.layers["alone"], work.layers["with_draws"], rtol=1e-5, atol=1e-6
+    )
+    assert np.isnan(np.delete(work.layers["alone"], ctrl, axis=0)).all()
+    assert work.uns["alone"] == pred.uns["sctrvae_prediction"]
+    with pytest.raises(ValueError, match="pass key_added"):
+        fitted.predict(work, return_anndata=False, **kwargs)
+
+
 def test_latents_are_the_members_side_by_side(ensemble):
     fitted, adata = ensemble
     latent = fitted.get_latent_representation(adata, key_added="ens_z")

@@ -54,6 +54,9 @@ CALIBRATION_UNS = "sctrvae_calibration"
 DRAW_OBS = "sctrvae_draw"
 #: ``obs`` column with each row's member, in an ensemble's prediction.
 MEMBER_OBS = "sctrvae_member"
+#: ``predict`` warns when the AnnData it returns (draws stacked) would hold more than this many
+#: bytes, and points to ``key_added=..., return_anndata=False`` (one row per cell).
+LARGE_PREDICTION_BYTES = 4 * 2**30
 
 #: Adam learning rate of ``train()`` at the top of its schedule.
 DEFAULT_LR = 6e-3

@@ -105,16 +105,17 @@ def mixing_score(
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def write_layer(
-    adata: ad.AnnData, selected: np.ndarray, per_cell: np.ndarray, key_added: str, record: dict
-) -> None:
-    """Write ``per_cell`` to ``adata.layers[key_added]`` (NaN outside ``selected``) and ``record``.
+def blank_layer(adata: ad.AnnData) -> np.ndarray:
+    """A float32 layer of ``adata``'s shape, all NaN: rows not predicted stay NaN."""
+    return np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+
+
+def write_layer(adata: ad.AnnData, layer: np.ndarray, key_added: str, record: dict) -> None:
+    """Write ``layer`` (from :func:`blank_layer`) to ``adata.layers[key_added]``, and ``record``.
 
     ``record`` (what was written) goes to ``adata.uns[key_added]``.
     """
-    written = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
-    written[selected] = per_cell
-    adata.layers[key_added] = written
+    adata.layers[key_added] = layer
     adata.uns[key_added] = dict(record)
 
 

@@ -9,43 +9,90 @@ import scipy.sparse as sp
 from .._utils import log1p_normalize
 
 
-def calibrate_draws(
-    observed: np.ndarray | sp.spmatrix,
-    predicted: np.ndarray,
-    reconstruction: np.ndarray,
-    groups: pd.Series | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Predicted draws in log-normalised space, shifted by the per-gene reconstruction error.
+class ReconstructionError:
+    """Per group and gene: observed minus reconstructed mean log-normalised expression.
+
+    Accumulated over minibatches (:meth:`add`), so that no array holds more than one minibatch
+    of draws; then :meth:`calibrate` shifts predicted draws, one minibatch at a time. Cells are
+    those of the loader, in its order; each cell counts as often as it was selected.
 
     Parameters
     ----------
-    observed
-        Counts of the ``n`` cells, ``(n, genes)``.
-    predicted, reconstruction
-        Draws of counts of the same cells, ``(draws, n, genes)``: decoded under the target
-        condition and under their own.
-    groups
-        Group of each cell (one correction per group); ``None``: one correction for all.
-
-    Returns
-    -------
-    The corrected draws, ``log1p(x / total × 1e4)`` clipped at 0, ``(draws × n, genes)`` stacked
-    by draw; and the corrections, one row per group.
+    labels
+        Group of each selected cell (one correction per group), in the order of the selection;
+        ``None``: one correction, named ``"all"``, for all cells.
+    positions
+        Position of each selected cell among the ``n_cells`` cells of the loader (a cell
+        selected twice counts twice).
+    n_cells
+        Cells in the loader.
+    n_genes
+        Genes.
     """
-    n_draws, n_cells, n_genes = predicted.shape
-    labels = (
-        pd.Series(["all"] * n_cells) if groups is None else pd.Series(np.asarray(groups))
-    ).astype(str)
-    observed_log = log1p_normalize(observed)
-    # per cell, over draws
-    reconstructed_log = log1p_normalize(reconstruction, np.float32).mean(0, dtype=np.float64)
-    corrected = log1p_normalize(predicted, np.float32)
-    corrections = {}
-    for label in pd.unique(labels):
-        cells = np.flatnonzero(labels.to_numpy() == label)
-        shift = observed_log[cells].mean(0) - reconstructed_log[cells].mean(0)
-        corrected[:, cells] += shift.astype(np.float32)
-        corrections[label] = shift
-    np.clip(corrected, 0.0, None, out=corrected)
-    table = pd.DataFrame.from_dict(corrections, orient="index")
-    return corrected.reshape(n_draws * n_cells, n_genes), table
+
+    def __init__(
+        self,
+        labels: pd.Series | None,
+        positions: np.ndarray,
+        n_cells: int,
+        n_genes: int,
+    ):
+        labels = (
+            np.full(positions.size, "all") if labels is None else np.asarray(labels).astype(str)
+        )
+        # groups in the order they first appear in the selection
+        codes, self.groups = pd.factorize(labels)
+        self._codes = np.empty(n_cells, dtype=np.intp)
+        self._codes[positions] = codes
+        self._weights = np.bincount(positions, minlength=n_cells).astype(np.float64)
+        self._observed = np.zeros((self.groups.size, n_genes))
+        self._reconstructed = np.zeros((self.groups.size, n_genes))
+        self._shift: np.ndarray | None = None
+
+    def _sum_by_group(self, cells: slice, values: np.ndarray) -> np.ndarray:
+        """Weighted sums of per-cell ``values`` (``(cells, genes)``), one row per group."""
+        codes = self._codes[cells]
+        indicator = np.zeros((self.groups.size, codes.size))
+        indicator[codes, np.arange(codes.size)] = self._weights[cells]
+        return indicator @ values
+
+    def add(
+        self, cells: slice, observed: np.ndarray | sp.spmatrix, reconstruction: np.ndarray
+    ) -> None:
+        """Add the loader's ``cells``: their counts and their reconstructions' draws.
+
+        ``observed``: ``(cells, genes)``; ``reconstruction``: draws of counts decoded under the
+        cells' own condition, ``(draws, cells, genes)``.
+        """
+        n_draws, n, n_genes = reconstruction.shape
+        self._observed += self._sum_by_group(cells, log1p_normalize(observed))
+        reconstructed = log1p_normalize(reconstruction.reshape(-1, n_genes), np.float32)
+        # per cell, the mean over its draws
+        per_cell = reconstructed.reshape(n_draws, n, n_genes).mean(0, dtype=np.float64)
+        self._reconstructed += self._sum_by_group(cells, per_cell)
+        self._shift = None
+
+    @property
+    def shift(self) -> np.ndarray:
+        """The corrections, ``(groups, genes)``: observed minus reconstructed group means."""
+        if self._shift is None:
+            cells = np.bincount(self._codes, weights=self._weights, minlength=self.groups.size)
+            self._shift = (self._observed - self._reconstructed) / cells[:, None]
+        return self._shift
+
+    def table(self, genes: pd.Index) -> pd.DataFrame:
+        """The corrections as a table: groups × ``genes``."""
+        return pd.DataFrame(self.shift, index=pd.Index(self.groups), columns=genes)
+
+    def calibrate(self, cells: slice, predicted: np.ndarray) -> np.ndarray:
+        """Predicted draws of the loader's ``cells`` in log-normalised space, shifted.
+
+        ``predicted``: draws of counts decoded under the target condition, ``(draws, cells,
+        genes)``. Returns ``log1p(x / total × 1e4)`` plus the correction of each cell's group,
+        clipped at 0, float32, of the same shape.
+        """
+        n_draws, n, n_genes = predicted.shape
+        corrected = log1p_normalize(predicted.reshape(-1, n_genes), np.float32)
+        corrected = corrected.reshape(n_draws, n, n_genes)
+        corrected += self.shift[self._codes[cells]].astype(np.float32)
+        return np.clip(corrected, 0.0, None, out=corrected)

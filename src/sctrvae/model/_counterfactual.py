@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import anndata as ad
 import numpy as np
@@ -11,47 +11,49 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass
 
-from .._constants import DRAW_OBS, NORMALIZED_LAYER
+from .._constants import DRAW_OBS, NORMALIZED_LAYER, PREDICTION_LAYER
 from ..module._covariates import covariate_tensors, with_batch
 
 
 @torch.inference_mode()
-def decode_counterfactual(
+def decoded_batches(
     module: BaseModuleClass,
     loader: Iterable[dict[str, torch.Tensor]],
-    n_cells: int,
-    target: int,
+    target: int | None,
     n_samples: int,
     library_size: float | None = None,
-    with_reconstruction: bool = False,
     batch: int | None = None,
-) -> dict[str, np.ndarray]:
+    normalized: bool = True,
+) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """Decode the loader's cells, encoded under their own condition, under condition ``target``.
+
+    One minibatch at a time: memory is that of one minibatch, whatever the number of cells.
 
     Parameters
     ----------
     module
         A trained :class:`~sctrvae.TRVAEModule` (put in eval mode here).
     loader
-        Minibatches of registered tensors, ``n_cells`` cells in all.
+        Minibatches of registered tensors.
     target
-        Code of the condition to decode under.
+        Code of the condition to decode under; ``None``: each cell's own condition (and its own
+        covariates), the reconstruction.
     n_samples
         ``0``: the posterior mean of ``z`` and the likelihood's mean. Otherwise that many draws
         of ``z`` and of the likelihood per cell.
     library_size
         Decode every cell at this total count; ``None``: each cell's own.
-    with_reconstruction
-        Also decode the same cells under their own condition (``"reconstruction"``, drawn) and
-        return the counts read (``"observed"``), for calibration.
     batch
         Decode every cell as this batch (code of the first categorical covariate); ``None``:
         each cell's own covariates.
+    normalized
+        Also return the decoder's proportions (count likelihoods).
 
-    Returns
-    -------
-    float32 arrays, cells in loader order: ``"expression"`` (means or draws) and, for count
-    likelihoods, ``"normalized"`` (the decoder's proportions); with draws a leading draw axis.
+    Yields
+    ------
+    The minibatch's positions among the loader's cells, and its float32 arrays: ``"expression"``
+    (means or draws; with draws a leading draw axis, also for one draw), ``"normalized"`` (the
+    decoder's proportions, shaped alike) and ``"observed"`` (the counts read, cells × genes).
     """
     module.eval()
     library = {} if library_size is None else {"library_size": library_size}
@@ -60,33 +62,38 @@ def decode_counterfactual(
         "get_generative_input_kwargs": library,
         "compute_loss": False,
     }
-    # outputs are filled in place, batch by batch: memory is the output plus one batch
-    arrays: dict[str, np.ndarray] = {}
+    if target is not None:
+        forward_kwargs["generative_kwargs"] = {"transform_batch": target}
     start = 0
     for tensors in loader:
         n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
-        _, outputs = module.forward(
-            with_batch(tensors, batch),
-            generative_kwargs={"transform_batch": target},
-            **forward_kwargs,
-        )
+        if target is not None:
+            tensors = with_batch(tensors, batch)
+        _, outputs = module.forward(tensors, **forward_kwargs)
         px = outputs["px"]
         out = {"expression": px.mean if n_samples == 0 else px.sample()}
-        if module.likelihood != "normal":
+        if normalized and module.likelihood != "normal":
             out[NORMALIZED_LAYER] = px.scale
-        if with_reconstruction:
-            _, own = module.forward(tensors, **forward_kwargs)
-            out["reconstruction"] = own["px"].sample()
-            out["observed"] = tensors[REGISTRY_KEYS.X_KEY]  # already read for this batch
-        for key, value in out.items():
-            value = value.cpu().numpy()
-            if n_samples and key != "observed":  # a draw axis also for one draw
-                value = value.reshape(n_samples, n, -1)
-            if key not in arrays:
-                arrays[key] = np.empty((*value.shape[:-2], n_cells, value.shape[-1]), np.float32)
-            arrays[key][..., start : start + n, :] = value
+        out = {key: value.cpu().numpy() for key, value in out.items()}
+        if n_samples:  # a draw axis also for one draw
+            out = {key: value.reshape(n_samples, n, -1) for key, value in out.items()}
+        out["observed"] = tensors[REGISTRY_KEYS.X_KEY].cpu().numpy()  # already read
+        yield slice(start, start + n), out
         start += n
-    return arrays
+
+
+def fill(
+    arrays: dict[str, np.ndarray], cells: slice, values: dict[str, np.ndarray], n_cells: int
+) -> None:
+    """Copy one minibatch's ``values`` into ``arrays`` at the positions ``cells``.
+
+    An array is allocated at its first minibatch: ``n_cells`` cells, the draws and genes of the
+    minibatch's, float32.
+    """
+    for key, value in values.items():
+        if key not in arrays:
+            arrays[key] = np.empty((*value.shape[:-2], n_cells, value.shape[-1]), np.float32)
+        arrays[key][..., cells, :] = value
 
 
 def prediction_anndata(
@@ -101,7 +108,8 @@ def prediction_anndata(
     """The predicted cells as AnnData: draws stacked (``obs["sctrvae_draw"]``), the target set.
 
     ``obs`` holds the predicted cells' rows (``_scvi_*`` columns are dropped); ``arrays`` are
-    those of :func:`decode_counterfactual` for these cells.
+    those of :func:`decoded_batches` for these cells (``"expression"`` becomes ``X``), and
+    the readout log-normalised (``"log_normalized"``), each a layer where present.
     """
     obs = obs.copy()
     if n_samples > 0:
@@ -114,7 +122,11 @@ def prediction_anndata(
     )
     obs = obs.drop(columns=[c for c in obs.columns if c.startswith("_scvi")])
     n_genes = var.shape[0]
-    layers = {k: v.reshape(-1, n_genes) for k, v in arrays.items() if k == NORMALIZED_LAYER}
+    layers = {
+        k: v.reshape(-1, n_genes)
+        for k, v in arrays.items()
+        if k in (NORMALIZED_LAYER, PREDICTION_LAYER)
+    }
     return ad.AnnData(
         X=arrays["expression"].reshape(-1, n_genes), obs=obs, var=var.copy(), layers=layers
     )

@@ -22,10 +22,17 @@ from .._constants import (
     READOUTS,
     Representation,
 )
-from .._utils import log_expression, quiet_fitting, selected_positions, write_layer
+from .._utils import (
+    blank_layer,
+    log_expression,
+    quiet_fitting,
+    selected_positions,
+    write_layer,
+)
 from ._persistence import atomic_directory, manifest_content, read_manifest
 from ._rollback import restores_adata_on_failure
 from ._trvae import TRVAEModel
+from .base._prediction_mixin import check_returned, chosen_readout
 
 #: File naming the members of a saved ensemble.
 MANIFEST = "ensemble.json"
@@ -114,8 +121,9 @@ class TRVAEEnsemble:
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | None = None,
         key_added: str | None = None,
+        return_anndata: bool = True,
         **predict_kwargs,
-    ) -> ad.AnnData:
+    ) -> ad.AnnData | None:
         """The members' counterfactual predictions, combined.
 
         Arguments as in :meth:`TRVAEModel.predict`, for each member. ``"mean"``: the members'
@@ -124,9 +132,13 @@ class TRVAEEnsemble:
         calibrated by its own reconstruction error), stacked by member then draw
         (``obs["sctrvae_member"]``, ``obs["sctrvae_draw"]`` counts over all of them);
         ``uns["sctrvae_calibration"]`` is the members' mean correction. ``key_added`` writes
-        the per-cell mean over all members' readouts.
+        the per-cell mean over all members' readouts. With ``return_anndata=False`` only that
+        layer is computed, each member's minibatches as they are decoded (memory: two layers,
+        the running sum and a member's), and ``None`` is returned.
         """
         adata = self.adata if adata is None else adata
+        if not return_anndata:
+            return self._write_layer(adata, indices, key_added, predict_kwargs)
         preds = [
             member.predict(adata, indices=indices, **predict_kwargs) for member in self.members
         ]
@@ -160,9 +172,36 @@ class TRVAEEnsemble:
         pred.uns[PREDICTION_UNS] = record
         if key_added is not None:
             # the members validated adata and indices already
-            selected = selected_positions(adata.n_obs, indices)
-            write_layer(adata, selected, per_cell, key_added, record)
+            layer = blank_layer(adata)
+            layer[selected_positions(adata.n_obs, indices)] = per_cell
+            write_layer(adata, layer, key_added, record)
         return pred
+
+    def _write_layer(
+        self,
+        adata: ad.AnnData,
+        indices: Sequence[int] | None,
+        key_added: str | None,
+        predict_kwargs: dict,
+    ) -> None:
+        """``predict(..., return_anndata=False)``: the members' per-cell layers, combined."""
+        check_returned(False, key_added)
+        readout = chosen_readout(predict_kwargs.get("readout"), predict_kwargs.get("n_samples"))
+        # what predict averages over the members: a deterministic readout's expected counts,
+        # drawn readouts' log-normalised values (an unknown readout is refused by the members)
+        spec = READOUTS.get(readout)
+        averaged = "expression" if spec is not None and spec.draws == 0 else "log_normalized"
+        total = None
+        for member in self.members:
+            _, layer, record = member._predict(
+                adata, indices, return_anndata=False, per_cell=averaged, **predict_kwargs
+            )
+            total = layer if total is None else np.add(total, layer, out=total)
+        total /= self.n_models
+        if averaged == "expression":
+            rows = np.unique(selected_positions(adata.n_obs, indices))
+            total[rows] = log_expression(total[rows], self.members[0].module.likelihood)
+        write_layer(adata, total, key_added, {**record, "n_models": self.n_models})
 
     @restores_adata_on_failure
     def get_latent_representation(
