@@ -21,7 +21,10 @@ its own and that looks like nobody), ``alike`` (the control); ``kang``: Kang's P
 
 Each (design, seed, group) is stored in ``benchmarks/results/transfer/<design>.csv`` (and the
 verdicts in ``<design>_verdicts.csv``) as soon as it is done; a rerun skips what is stored.
-``--report`` rewrites ``benchmarks/results/transfer.md`` from the stored rows.
+``--report`` rewrites ``benchmarks/results/transfer.md`` from the stored rows (the hedge is
+recomputed from the stored evidence with the current ``tl.hedged_change_se``). ``--timing N``
+times the check against one fit, N seeds per design, alone on the machine:
+``benchmarks/results/transfer_cost.md``.
 """
 
 from __future__ import annotations
@@ -269,17 +272,85 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def timing(designs: list[str], repeats: int, path: Path) -> None:
+    """Wall time of ``train()`` and of ``tl.transfer_check`` on the same model, alone.
+
+    One group held out per design (the first), ``repeats`` fits with seeds 0, 1, ...: the
+    check's cost as a ratio to the fit measured in the same run, with the load average.
+    """
+    rows = []
+    for design in designs:
+        adata, group, n_degs = load(design)
+        data = GroupedData(adata, group, CONDITION, SOURCE, TARGET, n_degs)
+        ((keep, _),) = data.folds([(data.groups[0],)])
+        for seed in range(repeats):
+            train = adata[keep].copy()
+            scvi.settings.seed = seed
+            load_before = os.getloadavg()[0]
+            start = time.perf_counter()
+            sctrvae.TRVAEModel.setup_anndata(train, condition_key=CONDITION)
+            model = sctrvae.TRVAEModel(train)
+            model.train(enable_progress_bar=False)
+            fit = time.perf_counter() - start
+            start = time.perf_counter()
+            check = sctrvae.tl.transfer_check(
+                model, group, SOURCE, TARGET, n_degs=n_degs, progress=False
+            )
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "design": design,
+                    "seed": seed,
+                    "cells": train.n_obs,
+                    "fit_s": round(fit, 1),
+                    "check_s": round(seconds, 1),
+                    "ratio": round(seconds / fit, 2),
+                    "refits": check.attrs["refits"],
+                    "refit_steps": check.attrs["refit_steps"],
+                    "load_before": load_before,
+                    "load_after": os.getloadavg()[0],
+                }
+            )
+            print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    path.write_text(
+        "\n".join(
+            [
+                "# The transfer check's cost against one fit",
+                "",
+                "Regenerate: `python benchmarks/transfer.py --timing` (nothing else running).",
+                "",
+                "`fit_s`: `setup_anndata` + `TRVAEModel` + `train()` at the defaults; `check_s`:"
+                " `tl.transfer_check` at its defaults on that model; load averages before the"
+                " fit and after the check (2 cores).",
+                "",
+                markdown(table.set_index("design")),
+                "",
+                f"Median ratio: {table.ratio.median():.2f} (range {table.ratio.min():.2f}–"
+                f"{table.ratio.max():.2f}).",
+                "",
+            ]
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--designs", nargs="*", default=list(DESIGNS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default=OUT / "transfer", type=Path)
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
+    parser.add_argument(
+        "--timing", type=int, metavar="REPEATS", help="time the check against a fit instead"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        timing(args.designs, args.timing, args.out.parent / "transfer_cost.md")
+        return
     if not args.report:
         for design in args.designs:
             run(design, args.seeds, args.out)
