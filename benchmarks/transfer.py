@@ -20,7 +20,9 @@ its own and that looks like nobody), ``alike`` (the control); ``kang``: Kang's P
 7 cell types held out (``$SCTRVAE_KANG_PATH`` or ``../shared/data``).
 
 Each (design, seed, group) is stored in ``benchmarks/results/transfer/<design>.csv`` (and the
-verdicts in ``<design>_verdicts.csv``) as soon as it is done; a rerun skips what is stored.
+verdicts in ``<design>_verdicts.csv``) as soon as it is done, with an ``.npz`` of the evidence
+the hedge is computed from (a local cache, not committed: 25 MB for Kang); a rerun skips what
+is stored.
 ``--report`` rewrites ``benchmarks/results/transfer.md`` from the stored rows (the hedge is
 recomputed from the stored evidence with the current ``tl.hedged_change_se``). ``--timing N``
 times the check against one fit, N seeds per design, alone on the machine:
@@ -222,8 +224,10 @@ def report(out: Path) -> str:
         rows = pd.read_csv(path)
         for i, row in rows.iterrows():  # the hedge as the current tl.hedge computes it
             stored = out / f"{design}_seed{row.seed}_{row.group}.npz"
-            for key, value in hedge_scores(dict(np.load(stored))).items():
-                rows.loc[i, key] = value
+            if stored.exists():  # the evidence is a local cache, not committed
+                for key, value in hedge_scores(dict(np.load(stored))).items():
+                    rows.loc[i, key] = value
+        rows.to_csv(path, index=False)
         verdicts = pd.read_csv(out / f"{design}_verdicts.csv")
         seeds = sorted(rows.seed.unique())
         per_group = rows.groupby("group", sort=False)
@@ -264,9 +268,10 @@ def report(out: Path) -> str:
             f"triples): {stable:.0%} undecided or the same as on the other seeds; "
             f"{undecided:.0%} undecided.",
             "",
-            f"Cost: the check took {ratio.median():.2f}× the fit's wall time (median; "
-            f"{ratio.min():.2f}–{ratio.max():.2f}), {int(rows.refits.iloc[0])} refits of "
-            f"{int(rows.refit_steps.median())} steps (median).",
+            f"Cost in this run (1 thread each, beside other jobs: contended; alone, see "
+            f"`transfer_cost.md`): the check took {ratio.median():.2f}× the fit's wall time "
+            f"(median; {ratio.min():.2f}–{ratio.max():.2f}), {int(rows.refits.iloc[0])} refits "
+            f"of {int(rows.refit_steps.median())} steps (median).",
             "",
         ]
     return "\n".join(lines)
