@@ -188,27 +188,10 @@ def test_transfer_se_replaces_misfit_and_spread_for_unmeasured_groups():
         return source_scale[:, :n], source_scale[:, :n][:, :, ::-1]
 
     se = np.linspace(0.1, 0.6, n_genes)
-    table = response_table(
-        decode,
-        counts,
-        group,
-        condition,
-        [f"g{i}" for i in range(n_genes)],
-        "ctrl",
-        "stim",
-        ["a", "c"],
-        transfer_se={"c": se},
-    )
-    plain = response_table(
-        decode,
-        counts,
-        group,
-        condition,
-        [f"g{i}" for i in range(n_genes)],
-        "ctrl",
-        "stim",
-        ["a", "c"],
-    )
+    genes = [f"g{i}" for i in range(n_genes)]
+    arguments = (decode, counts, group, condition, genes, "ctrl", "stim", ["a", "c"])
+    table = response_table(*arguments, transfer_se={"c": se})
+    plain = response_table(*arguments)
     pc = table[table.group == "c"].pseudocounts.iloc[0]
     lfc = np.log2(source_scale[:, :10][:, :, ::-1].mean(1) + pc) - np.log2(
         source_scale[:, :10].mean(1) + pc
