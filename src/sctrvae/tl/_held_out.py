@@ -18,7 +18,7 @@ import pandas as pd
 
 from .._constants import PREDICTION_LAYER
 from .._utils import pearson, quiet_fitting
-from ..metrics import log_normalized, top_degs
+from ..metrics import top_degs
 from ._similarity import group_changes
 
 
@@ -164,12 +164,19 @@ def refit_like(model, adata: ad.AnnData, **train_kwargs):
 
 
 def predicted_change(
-    model, source: ad.AnnData, target_condition: str, readout: str, n_samples: int | None
+    model,
+    adata: ad.AnnData,
+    group: HeldOutGroup,
+    target_condition: str,
+    readout: str,
+    n_samples: int | None,
 ) -> np.ndarray:
-    """Mean log-normalised prediction of ``source``'s cells minus their own mean."""
+    """Mean log-normalised prediction of ``group``'s source cells minus their own mean."""
     pred = model.predict(
-        source, target_condition=target_condition, readout=readout, n_samples=n_samples
+        adata[group.source_cells].copy(),
+        target_condition=target_condition,
+        readout=readout,
+        n_samples=n_samples,
     )
-    return np.asarray(pred.layers[PREDICTION_LAYER], dtype=np.float64).mean(0) - log_normalized(
-        source
-    ).mean(0)
+    # the source cells' own mean is the one the engine already holds
+    return np.asarray(pred.layers[PREDICTION_LAYER], dtype=np.float64).mean(0) - group.source_mean

@@ -205,9 +205,7 @@ def transfer_check(
             shared = data.shared([h.name for h in held_out])
             for group in held_out:
                 predictions = {
-                    "model": predicted_change(
-                        refit, adata[group.source_cells].copy(), target, readout, n_samples
-                    ),
+                    "model": predicted_change(refit, adata, group, target, readout, n_samples),
                     **shared,
                 }
                 rows = {
