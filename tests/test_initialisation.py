@@ -65,3 +65,27 @@ def test_a_few_steps_from_the_start_reconstruct_better_than_from_zero(sim):
         model.train(max_steps=5, batch_size=64, enable_progress_bar=False)
         losses[start] = model.history["reconstruction_loss_train"].iloc[-1, 0]
     assert losses[True] < 0.95 * losses[False]
+
+
+def test_the_start_of_a_large_sparse_matrix_never_copies_it_whole(monkeypatch):
+    """A float64 product would upcast a float32 matrix whole (0.9 GB at 200k × 2k cells)."""
+    import tracemalloc
+
+    from sctrvae.model import _validation
+
+    rng = np.random.default_rng(0)
+    counts = sp.random(20_000, 50, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    counts.data = np.ceil(counts.data * 10)
+    codes = rng.integers(0, 2, counts.shape[0])
+    dense = counts.toarray().astype(np.float64)
+    expected = np.log(
+        np.stack([dense[codes == c].sum(0) + 1 for c in (0, 1)])
+        / np.stack([dense[codes == c].sum() + 50 for c in (0, 1)])[:, None]
+    ).T
+    monkeypatch.setattr(_validation, "_CHUNK", 50 * 1_000)  # blocks of 1,000 cells
+    tracemalloc.start()
+    means = condition_gene_means(counts, codes, 2, "nb")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_allclose(means, expected, rtol=1e-10)
+    assert peak < counts.data.nbytes / 2, (peak, counts.data.nbytes)
