@@ -45,7 +45,9 @@ def stages(path: str) -> list[dict]:
     rows = []
 
     def mark(stage: str, start: float) -> None:
-        rows.append({"stage": stage, "seconds": round(time.perf_counter() - start, 1), **memory_mb()})
+        rows.append(
+            {"stage": stage, "seconds": round(time.perf_counter() - start, 1), **memory_mb()}
+        )
 
     start = time.perf_counter()
     adata = ad.read_h5ad(path)
@@ -74,14 +76,18 @@ def main() -> None:
 
     path, csr_mb = scale.write_data(N_CELLS)
     done = subprocess.run(
-        [sys.executable, __file__, "--stages", str(path)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--stages", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     lines = report_header(
         "One epoch at 200,000 cells: peak memory by stage", "python benchmarks/epoch_memory.py"
     )
     lines += [
-        f"{N_CELLS:,} cells × {scale.N_GENES:,} genes, CSR float32 ({csr_mb:.0f} MiB of CSR arrays).",
+        f"{N_CELLS:,} cells × {scale.N_GENES:,} genes, CSR float32 "
+        f"({csr_mb:.0f} MiB of CSR arrays).",
         "`VmRSS`: resident memory after the stage; `VmHWM`: the process's high-water mark so far.",
         "",
         "| stage | seconds | VmRSS (MiB) | VmHWM (MiB) |",
