@@ -71,7 +71,7 @@ def test_the_start_of_a_large_sparse_matrix_never_copies_it_whole(monkeypatch):
     """A float64 product would upcast a float32 matrix whole (0.9 GB at 200k × 2k cells)."""
     import tracemalloc
 
-    from sctrvae.model import _validation
+    from sctrvae import _utils
 
     rng = np.random.default_rng(0)
     counts = sp.random(20_000, 50, density=0.3, format="csr", dtype=np.float32, random_state=rng)
@@ -82,7 +82,7 @@ def test_the_start_of_a_large_sparse_matrix_never_copies_it_whole(monkeypatch):
         np.stack([dense[codes == c].sum(0) + 1 for c in (0, 1)])
         / np.stack([dense[codes == c].sum() + 50 for c in (0, 1)])[:, None]
     ).T
-    monkeypatch.setattr(_validation, "_CHUNK", 50 * 1_000)  # blocks of 1,000 cells
+    monkeypatch.setattr(_utils, "ROW_BLOCK_ENTRIES", 50 * 1_000)  # blocks of 1,000 cells
     tracemalloc.start()
     means = condition_gene_means(counts, codes, 2, "nb")
     _, peak = tracemalloc.get_traced_memory()

@@ -141,3 +141,14 @@ def test_under_ddp_our_sampler_shards_and_nothing_restores_weights():
     assert not run.no_validation
     assert "early_stopping_patience" not in run.trainer_kwargs
     assert "use_distributed_sampler" not in training_settings(**KANG).trainer_kwargs
+
+
+def test_cells_named_for_training_by_index_lists_size_the_epoch():
+    """With ``external_indexing`` the epoch is that of its training cells, not of every cell."""
+    import numpy as np
+
+    split = [np.arange(256), np.array([], dtype=int), np.arange(256, 1975)]
+    run = training_settings(**{**KANG, "datasplitter_kwargs": {"external_indexing": split}})
+    assert run.trainer_kwargs["max_steps"] == step_budget(2)  # 256 cells: 2 steps of 128
+    assert run.max_epochs == math.ceil(step_budget(2) / 2)
+    assert run.early_stopping is False  # no validation cell

@@ -189,14 +189,23 @@ def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, 
     )
     assert len(refits) == 2  # one group, held out once per shuffle
     assert set(table.group) == {"patient_0"}
+    obs = model.adata.obs
+    is_held_out = ((obs.patient == "patient_0") & (obs.condition == "stimulated")).to_numpy()
     for refit in refits:
         assert refit.init_params_ == model.init_params_
-        obs = refit.adata.obs
-        assert not ((obs.patient == "patient_0") & (obs.condition == "stimulated")).any()
-        is_held_out = (model.adata.obs.patient == "patient_0") & (
-            model.adata.obs.condition == "stimulated"
-        )
-        assert refit.adata.n_obs == model.adata.n_obs - is_held_out.sum()
+        # the refit shares the model's count matrix (no copy) and trains on the other cells
+        assert refit.adata.X is model.adata.X
+        assert refit.adata is not model.adata
+        splitter = refit.trainer.datamodule
+        train, validation, test = splitter.train_idx, splitter.val_idx, splitter.test_idx
+        np.testing.assert_array_equal(train, np.flatnonzero(~is_held_out))
+        assert len(validation) == 0
+        np.testing.assert_array_equal(test, np.flatnonzero(is_held_out))
+        # the whole budget ran: the epochs are counted on the training cells only
+        assert refit.trainer.global_step == 5
+    # the model's own registration is untouched
+    assert "_scvi_manager_uuid" in model.adata.uns
+    assert model.get_latent_representation().shape == (model.adata.n_obs, 4)
 
 
 def test_transfer_check_refits_share_two_and_a_half_budgets(fitted, monkeypatch):
@@ -445,3 +454,31 @@ def test_differential_response_of_an_unmeasured_group_follows_the_check(fitted, 
     bad.attrs = {"changes": {"patient_0": {"real": [0.0], "model": [[0.0]], "degs": [0]}}}
     with pytest.raises(ValueError, match="same genes"):
         model.differential_response(None, "patient", "control", "stimulated", check=bad)
+
+
+def test_group_changes_sum_sparse_counts_in_blocks_without_a_dense_copy(monkeypatch):
+    """The per-group means equal the dense computation; no whole-matrix intermediate is made."""
+    import tracemalloc
+
+    import scipy.sparse as sp
+
+    from sctrvae import _utils
+
+    adata = sctrvae.datasets.simulate_patients(seed=0)
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    lognorm = log_normalized(adata)
+    patient = adata.obs["patient"].astype(str).to_numpy()
+    condition = adata.obs["condition"].astype(str).to_numpy()
+    monkeypatch.setattr(_utils, "ROW_BLOCK_ENTRIES", adata.n_vars * 50)
+    tracemalloc.start()
+    baseline, change = sctrvae.tl.group_changes(
+        adata, "patient", "condition", "control", "stimulated"
+    )
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    for g in baseline.index:
+        source = lognorm[(patient == g) & (condition == "control")].mean(0)
+        target = lognorm[(patient == g) & (condition == "stimulated")].mean(0)
+        np.testing.assert_allclose(baseline.loc[g], source, atol=1e-10)
+        np.testing.assert_allclose(change.loc[g], target - source, atol=1e-10)
+    assert peak < lognorm.nbytes / 4, (peak, lognorm.nbytes)

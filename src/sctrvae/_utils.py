@@ -43,6 +43,38 @@ def log1p_normalize(x: np.ndarray | sp.spmatrix, dtype: np.dtype = np.float64) -
     return np.log1p(out, out=out)
 
 
+#: Entries of a row block of :func:`row_blocks`: a whole-matrix intermediate becomes one block's.
+ROW_BLOCK_ENTRIES = 10_000_000
+
+
+def row_blocks(matrix, max_entries: int | None = None) -> Iterator:
+    """Row blocks of ``matrix`` (dense, sparse or backed), read one by one.
+
+    Each block has at most about ``max_entries`` entries, zeros included (default
+    :data:`ROW_BLOCK_ENTRIES`).
+    """
+    n_rows, n_cols = matrix.shape
+    step = max(1, (max_entries or ROW_BLOCK_ENTRIES) // max(n_cols, 1))
+    for start in range(0, n_rows, step):
+        yield matrix[start : start + step]
+
+
+def sums_by_code(
+    values: np.ndarray | sp.spmatrix, codes: np.ndarray, n_codes: int, weights=None
+) -> np.ndarray:
+    """Float64 sums of the rows of ``values`` (cells × genes) per code, ``(n_codes, genes)``.
+
+    ``codes``: each row's code in ``0 … n_codes − 1`` (rows coded ``-1`` are left out);
+    ``weights``: each row's weight (default 1). The product is taken in float64 on this block
+    only, whatever the dtype of ``values``.
+    """
+    kept = np.flatnonzero(codes >= 0)
+    weights = np.ones(kept.size) if weights is None else np.asarray(weights, np.float64)[kept]
+    indicator = sp.csr_matrix((weights, (codes[kept], kept)), shape=(n_codes, len(codes)))
+    sums = indicator @ (values.astype(np.float64) if sp.issparse(values) else values)
+    return sums.toarray() if sp.issparse(sums) else np.asarray(sums, dtype=np.float64)
+
+
 def log_expression(values: np.ndarray, likelihood: str) -> np.ndarray:
     """Predicted values (cells × genes, any leading axes) as float32 log-normalised expression.
 

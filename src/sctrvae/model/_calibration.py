@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import log1p_normalize
+from .._utils import log1p_normalize, sums_by_code
 
 
 class ReconstructionError:
@@ -51,10 +51,7 @@ class ReconstructionError:
 
     def _sum_by_group(self, cells: slice, values: np.ndarray) -> np.ndarray:
         """Weighted sums of per-cell ``values`` (``(cells, genes)``), one row per group."""
-        codes = self._codes[cells]
-        indicator = np.zeros((self.groups.size, codes.size))
-        indicator[codes, np.arange(codes.size)] = self._weights[cells]
-        return indicator @ values
+        return sums_by_code(values, self._codes[cells], self.groups.size, self._weights[cells])
 
     def add(
         self, cells: slice, observed: np.ndarray | sp.spmatrix, reconstruction: np.ndarray

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
-from ._validation import row_blocks
+from .._utils import row_blocks, sums_by_code
 
 
 def condition_gene_means(matrix, codes: np.ndarray, n_conditions: int, likelihood: str):
@@ -17,18 +16,11 @@ def condition_gene_means(matrix, codes: np.ndarray, n_conditions: int, likelihoo
     float64 product would otherwise copy a float32 matrix whole (0.9 GB at 200k cells).
     """
     sums = np.zeros((n_conditions, matrix.shape[1]))
-    cells = np.zeros(n_conditions)
     start = 0
     for block in row_blocks(matrix):
-        block_codes = codes[start : start + block.shape[0]]
+        sums += sums_by_code(block, codes[start : start + block.shape[0]], n_conditions)
         start += block.shape[0]
-        one_hot = sp.csr_matrix(
-            (np.ones(len(block_codes)), (block_codes, np.arange(len(block_codes)))),
-            shape=(n_conditions, len(block_codes)),
-        )
-        block_sums = one_hot @ block
-        sums += block_sums.toarray() if sp.issparse(block_sums) else np.asarray(block_sums)
-        cells += np.bincount(block_codes, minlength=n_conditions)
+    cells = np.bincount(codes, minlength=n_conditions)
     if likelihood == "normal":
         return (sums / np.maximum(cells, 1)[:, None]).T
     sums += 1.0

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._utils import row_blocks
+
 #: Conditions with fewer training cells than this are an error: no within-condition spread.
 MIN_CELLS_PER_CONDITION = 2
 #: Conditions with fewer training cells than this get a warning: the MMD estimate is noisy.
@@ -33,28 +35,16 @@ def _chunks(values: np.ndarray) -> Iterator[np.ndarray]:
         yield values[start : start + _CHUNK]
 
 
-def row_blocks(matrix) -> Iterator:
-    """Row blocks of ``matrix`` (in memory or backed), each of at most about ``_CHUNK`` entries.
-
-    For a computation whose intermediate would otherwise copy the whole matrix (a sparse
-    product upcasts its operand): the copy is then one block's.
-    """
-    n_rows, n_cols = matrix.shape
-    step = max(1, _CHUNK // max(n_cols, 1))
-    for start in range(0, n_rows, step):
-        yield matrix[start : start + step]
-
-
 def in_memory_blocks(matrix) -> Iterator:
     """``matrix`` itself when in memory; row blocks of it read one by one when it is backed.
 
     A backed matrix (an HDF5 / zarr dataset of a ``backed="r"`` AnnData) is never loaded whole
-    (:func:`row_blocks`).
+    (:func:`~sctrvae._utils.row_blocks`).
     """
     if isinstance(matrix, np.ndarray) or sp.issparse(matrix):
         yield matrix
         return
-    yield from row_blocks(matrix)
+    yield from row_blocks(matrix, _CHUNK)
 
 
 def _value_chunks(matrix) -> Iterator[np.ndarray]:

@@ -163,6 +163,34 @@ def refit_like(model, adata: ad.AnnData, **train_kwargs):
     return refit
 
 
+def sharing_matrices(adata: ad.AnnData) -> ad.AnnData:
+    """A new AnnData on ``adata``'s count matrices (not copied), with its own ``obs`` and ``var``.
+
+    Refits register it (``setup_anndata`` writes into its ``obs`` and ``uns``, not ``adata``'s)
+    and train on index lists (:func:`held_out_split`), so that no refit holds a copy of the
+    data. A backed AnnData is read into memory once instead.
+    """
+    if adata.isbacked:
+        return adata.to_memory()
+    return ad.AnnData(
+        X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(), layers=dict(adata.layers)
+    )
+
+
+def held_out_split(keep: np.ndarray) -> dict:
+    """``datasplitter_kwargs`` of a refit that trains on the cells of mask ``keep`` only.
+
+    Every kept cell trains (no validation); the others form the unused test split.
+    """
+    return {
+        "external_indexing": [
+            np.flatnonzero(keep),
+            np.array([], dtype=int),
+            np.flatnonzero(~keep),
+        ]
+    }
+
+
 def predicted_change(
     model,
     adata: ad.AnnData,
@@ -172,11 +200,15 @@ def predicted_change(
     n_samples: int | None,
 ) -> np.ndarray:
     """Mean log-normalised prediction of ``group``'s source cells minus their own mean."""
-    pred = model.predict(
-        adata[group.source_cells].copy(),
+    cells = adata[group.source_cells].copy()
+    # only the readout, one row per cell: not every draw of every gene
+    model.predict(
+        cells,
         target_condition=target_condition,
         readout=readout,
         n_samples=n_samples,
+        key_added=PREDICTION_LAYER,
+        return_anndata=False,
     )
     # the source cells' own mean is the one the engine already holds
-    return np.asarray(pred.layers[PREDICTION_LAYER], dtype=np.float64).mean(0) - group.source_mean
+    return cells.layers[PREDICTION_LAYER].mean(0, dtype=np.float64) - group.source_mean

@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ..metrics import log_normalized
+from .._utils import log1p_normalize, row_blocks, sums_by_code
 
 
 def group_changes(
@@ -22,19 +22,30 @@ def group_changes(
     """Mean log-normalised source expression and mean change (target − source) per group.
 
     Only groups with cells in both conditions; counts in ``adata.X``, or ``lognorm``: the cells'
-    expression already log-normalised (e.g. over more genes than ``adata`` holds). Returns two
-    groups × genes DataFrames: the source means and the changes.
+    expression already log-normalised (e.g. over more genes than ``adata`` holds). The counts are
+    log-normalised and summed per group in row blocks: no dense copy of the whole matrix.
+    Returns two groups × genes DataFrames: the source means and the changes.
     """
-    lognorm = log_normalized(adata) if lognorm is None else np.asarray(lognorm)
-    groups = adata.obs[groupby].astype(str).to_numpy()
+    names = adata.obs[groupby].astype("category").cat.categories.astype(str)
+    groups = pd.Categorical(adata.obs[groupby].astype(str), categories=names).codes
     condition = adata.obs[condition_key].astype(str).to_numpy()
+    # one slot per (group, side): source cells at the group's code, target cells after them
+    slots = np.where(
+        condition == source, groups, np.where(condition == target, groups + len(names), -1)
+    )
+    slots[groups < 0] = -1
+    matrix = adata.X if lognorm is None else np.asarray(lognorm)
+    sums, start = np.zeros((2 * len(names), adata.n_vars)), 0
+    for block in row_blocks(matrix):
+        values = block if lognorm is not None else log1p_normalize(block)
+        sums += sums_by_code(values, slots[start : start + block.shape[0]], 2 * len(names))
+        start += block.shape[0]
+    cells = np.bincount(slots[slots >= 0], minlength=2 * len(names))
     baseline, change = {}, {}
-    for g in adata.obs[groupby].astype("category").cat.categories.astype(str):
-        is_source = (groups == g) & (condition == source)
-        is_target = (groups == g) & (condition == target)
-        if is_source.any() and is_target.any():
-            baseline[g] = lognorm[is_source].mean(0)
-            change[g] = lognorm[is_target].mean(0) - baseline[g]
+    for i, g in enumerate(names):
+        if cells[i] and cells[i + len(names)]:
+            baseline[g] = sums[i] / cells[i]
+            change[g] = sums[i + len(names)] / cells[i + len(names)] - baseline[g]
     if len(change) < 2:
         raise ValueError(
             f"Fewer than two groups of {groupby!r} have cells in both {source!r} and {target!r}."

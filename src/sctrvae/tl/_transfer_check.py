@@ -26,9 +26,11 @@ from ._coverage import donor_coverage
 from ._held_out import (
     GroupedData,
     grouped_folds,
+    held_out_split,
     predicted_change,
     refit_like,
     score_change,
+    sharing_matrices,
 )
 
 #: Verdicts of :func:`transfer_check`.
@@ -194,9 +196,12 @@ def transfer_check(
     changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
     # the caller's progress bar is the one line a check prints
+    splits = train_kwargs.pop("datasplitter_kwargs", {})
+    shared_data = sharing_matrices(adata)
     with quiet_fitting():
         for keep, held_out in data.folds(folds):
-            refit = refit_like(model, adata[keep].copy(), **train_kwargs)
+            split = {**splits, **held_out_split(keep)}
+            refit = refit_like(model, shared_data, datasplitter_kwargs=split, **train_kwargs)
             treated = np.isin(data.labels, data.groups) & ~np.isin(
                 data.labels, [h.name for h in held_out]
             )

@@ -91,7 +91,13 @@ def training_settings(
         "min_cells_per_condition": min_cells_per_condition,
         **(datasplitter_kwargs or {}),
     }
-    epoch_steps = steps_per_epoch(n_obs, train_size, batch_size)
+    external = datasplitter_kwargs.get("external_indexing")
+    # cells named for training by index lists train, whatever ``train_size`` says
+    epoch_steps = (
+        steps_per_epoch(n_obs, train_size, batch_size)
+        if external is None
+        else steps_per_epoch(len(external[0]), 1.0, batch_size)
+    )
     if max_epochs is None:
         trainer_kwargs.setdefault("max_steps", step_budget(epoch_steps))
         max_epochs = math.ceil(trainer_kwargs["max_steps"] / epoch_steps)
@@ -109,7 +115,6 @@ def training_settings(
         # our sampler shards by rank itself; Lightning would otherwise wrap it and split its
         # (already per-rank) batches again
         trainer_kwargs.setdefault("use_distributed_sampler", False)
-    external = datasplitter_kwargs.get("external_indexing")
     validated = has_validation_cells(n_obs, train_size, validation_size, external)
     no_validation = early_stopping and not distributed and not validated
     # scvi-tools switches early stopping off under DDP, and with it validation; a run shorter
