@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import scvi
 import torch
 
+import sctrvae
 from sctrvae.metrics import log1p_normalize
 from sctrvae.model._calibration import ReconstructionError
 from sctrvae.model._counterfactual import decoded_batches
@@ -248,3 +250,49 @@ def test_calibrate_needs_draws_and_a_known_column(trained):
         model.predict(target_condition="stimulated", readout="calibrated", groupby="tissue")
     with pytest.raises(ValueError, match="readout='calibrated' only"):
         model.predict(target_condition="stimulated", groupby="cell_type")
+
+
+def test_the_reconstruction_draws_per_cell_follow_the_smallest_group():
+    def draws(sizes, n_samples=10, per_group=20_000):
+        labels = np.repeat([f"g{i}" for i in range(len(sizes))], sizes)
+        error = ReconstructionError(labels, np.arange(labels.size), labels.size, 3)
+        return error.draws_needed(n_samples, per_group)
+
+    assert draws([100, 30_000]) == 10  # the small group keeps every draw
+    assert draws([2_000]) == 10
+    assert draws([4_000, 9_000]) == 5
+    assert draws([20_000]) == 1
+    assert draws([250_000]) == 1  # never fewer than one
+    assert draws([4_000], n_samples=3) == 3  # never more than asked
+
+
+def test_a_large_group_is_reconstructed_with_fewer_draws_and_corrected_alike(monkeypatch):
+    """Fewer reconstructed draws per cell move the group's correction only by sampling noise."""
+    mixin = _prediction_mixin
+    scvi.settings.seed = 0
+    adata = sctrvae.datasets.simulate(n_cells=800, n_genes=40, seed=1)
+    sctrvae.TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = sctrvae.TRVAEModel(adata, n_hidden=16, n_latent=3)
+    model.train(max_steps=30, enable_progress_bar=False)
+    seen = []
+    decode = mixin.decoded_batches
+
+    def spy(module, loader, target, n_samples, **kwargs):
+        seen.append((target, n_samples))
+        return decode(module, loader, target, n_samples, **kwargs)
+
+    monkeypatch.setattr(mixin, "decoded_batches", spy)
+    control = np.flatnonzero(adata.obs.condition == "control")
+    corrections = {}
+    for per_group in (20_000, control.size):  # all 10 draws, then 1 per cell
+        monkeypatch.setattr(mixin, "CALIBRATION_DRAWS", per_group)
+        pred = model.predict(
+            adata, indices=control, target_condition="stimulated", readout="calibrated"
+        )
+        corrections[per_group] = pred.uns["sctrvae_calibration"].to_numpy()
+    assert seen == [(None, 10), (1, 10), (None, 1), (1, 10)]
+    one, every = corrections[control.size].ravel(), corrections[20_000].ravel()
+    # a group mean over the cells either way: the corrections agree up to sampling noise
+    # (400 cells × 1 draw against × 10: about 0.05 apart, corrections about 0.1)
+    assert np.corrcoef(one, every)[0, 1] > 0.8
+    assert np.abs(one - every).mean() < 0.5 * np.abs(every).mean()

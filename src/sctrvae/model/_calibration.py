@@ -49,6 +49,18 @@ class ReconstructionError:
         self._reconstructed = np.zeros((self.groups.size, n_genes))
         self._shift: np.ndarray | None = None
 
+    @property
+    def cells_per_group(self) -> np.ndarray:
+        """Cells of each group (a cell selected twice counts twice)."""
+        return np.bincount(self._codes, weights=self._weights, minlength=self.groups.size)
+
+    def draws_needed(self, n_samples: int, per_group: int) -> int:
+        """Reconstructed draws per cell that give every group ``per_group`` draws.
+
+        At most ``n_samples`` and at least 1; the smallest group decides.
+        """
+        return int(min(n_samples, max(1, np.ceil(per_group / self.cells_per_group.min()))))
+
     def _sum_by_group(self, cells: slice, values: np.ndarray) -> np.ndarray:
         """Weighted sums of per-cell ``values`` (``(cells, genes)``), one row per group."""
         return sums_by_code(values, self._codes[cells], self.groups.size, self._weights[cells])
@@ -73,8 +85,7 @@ class ReconstructionError:
     def shift(self) -> np.ndarray:
         """The corrections, ``(groups, genes)``: observed minus reconstructed group means."""
         if self._shift is None:
-            cells = np.bincount(self._codes, weights=self._weights, minlength=self.groups.size)
-            self._shift = (self._observed - self._reconstructed) / cells[:, None]
+            self._shift = (self._observed - self._reconstructed) / self.cells_per_group[:, None]
         return self._shift
 
     def table(self, genes: pd.Index) -> pd.DataFrame:

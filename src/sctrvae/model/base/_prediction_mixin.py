@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..._constants import (
+    CALIBRATION_DRAWS,
     CALIBRATION_UNS,
     LARGE_PREDICTION_BYTES,
     PREDICTION_LAYER,
@@ -110,7 +111,9 @@ class PredictionMixin:
             population's observed cells: the model predicts the change, the data the level. The
             most accurate readout of the Kang benchmark. The cells are decoded twice, one
             minibatch at a time: first under their own condition (the corrections' sums), then
-            under the target (the draws, corrected as they come).
+            under the target (the draws, corrected as they come). A correction is a group mean,
+            so the first pass draws per cell only what gives each group at least 20,000
+            reconstructed draws (all ``n_samples`` up to 2,000 cells per group, one from 20,000).
         n_samples
             Draws per cell of ``"sampled"`` (default 1) and ``"calibrated"`` (default 10).
         groupby
@@ -216,13 +219,13 @@ class PredictionMixin:
         if return_anndata:
             warn_if_large(n_samples, selected.size, adata.n_vars, likelihood)
 
-        def decode(target: int | None, **kwargs):
+        def decode(target: int | None, draws: int = n_samples, **kwargs):
             loader = self._make_data_loader(adata, indices=computed, batch_size=batch_size)
             return decoded_batches(
                 self.module,
                 loader,
                 target,
-                n_samples,
+                draws,
                 library_size=None if library_size == "observed" else float(library_size),
                 **kwargs,
             )
@@ -236,7 +239,8 @@ class PredictionMixin:
                 computed.size,
                 adata.n_vars,
             )
-            for cells, out in decode(None, normalized=False):
+            draws = calibration.draws_needed(n_samples, CALIBRATION_DRAWS)
+            for cells, out in decode(None, draws, normalized=False):
                 calibration.add(cells, out["observed"], out["expression"])
 
         def readout_values(cells: slice, expression: np.ndarray) -> np.ndarray:
