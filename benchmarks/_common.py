@@ -112,6 +112,19 @@ def output_bias_from_zero() -> Iterator[None]:
         TRVAEModule.start_from_profiles = start
 
 
+def high_water_mb(reset: bool = False) -> float:
+    """This process's peak RSS (``VmHWM``) in MiB.
+
+    ``reset``: start it again from now (Linux ``/proc/self/clear_refs``).
+    """
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 class PeakRSS:
     """Context manager sampling this process's resident memory; ``.peak_mb`` after exit."""
 

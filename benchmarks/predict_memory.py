@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, PeakRSS, parser, quiet, report_header
+from _common import RESULTS, PeakRSS, high_water_mb, parser, quiet, report_header
 
 N_GENES = 2000
 TRAIN_STEPS = 50
@@ -40,16 +40,6 @@ CALLS = {
     "calibrated, layer only": ("calibrated", False),
     "calibrated, with draws": ("calibrated", True),
 }
-
-
-def high_water_mb(reset: bool = False) -> float:
-    """This process's peak RSS (``VmHWM``) in MiB; ``reset``: start it again from now."""
-    if reset:
-        Path("/proc/self/clear_refs").write_text("5")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(n_cells: int, call: str) -> dict:
