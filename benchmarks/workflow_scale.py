@@ -10,16 +10,17 @@ do). Each size runs in a fresh process, as a user would: read the file, hold out
 stimulated cells, then
 
 1. ``fit``: ``setup_anndata`` + ``TRVAEModel`` + ``train()`` at the defaults, on the other cells;
-2. ``predict``: ``type_0``'s control cells, ``readout="calibrated"``, into a layer of the full
+2. ``transfer_check``: ``sctrvae.tl.transfer_check`` at its defaults (right after the fit, so
+   that its peak is compared with the fit's on the same footing);
+3. ``predict``: ``type_0``'s control cells, ``readout="calibrated"``, into a layer of the full
    AnnData (``key_added``, ``return_anndata=False``);
-3. ``transfer_check``: ``sctrvae.tl.transfer_check`` at its defaults;
 4. ``hedge``: ``sctrvae.tl.hedge`` of that layer;
 5. ``differential_response``: every cell type, with the check;
 6. ``latent``: ``get_latent_representation()`` of the training cells.
 
 Per step: wall seconds, the resident memory before it and the process's peak during it (its
-``VmHWM`` reset before the step); the report adds how each grows from one size to the next and
-the check's peak against the fit's.
+``VmHWM`` reset before the step), hence what the step added; the report adds how each grows from
+one size to the next and the check's peak against the fit's.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def workflow(path: str) -> list[dict]:
     step("fit", fit)
     model = state["fit"]
     step(
+        "transfer_check",
+        lambda: sctrvae.tl.transfer_check(
+            model, "cell_type", "control", "stimulated", progress=False
+        ),
+    )
+    step(
         "predict",
         lambda: model.predict(
             adata,
@@ -117,12 +124,6 @@ def workflow(path: str) -> list[dict]:
             readout="calibrated",
             key_added="pred",
             return_anndata=False,
-        ),
-    )
-    step(
-        "transfer_check",
-        lambda: sctrvae.tl.transfer_check(
-            model, "cell_type", "control", "stimulated", progress=False
         ),
     )
     check = state["transfer_check"]
@@ -150,6 +151,12 @@ def report(table, out: Path, wall: float) -> None:
     peaks = table.pivot(index="step", columns="cells", values="peak_rss_mb")
     order = list(dict.fromkeys(table.step))
     seconds, peaks = seconds.loc[order], peaks.loc[order]
+    added = (
+        (table.peak_rss_mb - table.rss_before_mb)
+        .to_frame("added")
+        .assign(step=table.step, cells=table.cells)
+        .pivot(index="step", columns="cells", values="added")
+    )
     sizes = list(seconds.columns)
 
     def with_growth(frame, unit: str) -> str:
@@ -158,7 +165,7 @@ def report(table, out: Path, wall: float) -> None:
         body = []
         for name, row in frame.iterrows():
             values = [f"{row[c]:,.1f}" if unit == "s" else f"{row[c]:,.0f}" for c in sizes]
-            growth = [f"{row[b] / row[a]:.2f}" for a, b in pairwise(sizes)]
+            growth = [f"{row[b] / row[a]:.2f}" if row[a] else "–" for a, b in pairwise(sizes)]
             body.append([f"`{name}`", *values, *growth])
         rows = [head, ["---"] * len(head), *body]
         return "\n".join("| " + " | ".join(r) + " |" for r in rows)
@@ -172,6 +179,10 @@ def report(table, out: Path, wall: float) -> None:
         "what the step adds), and its growth:",
         "",
         with_growth(peaks, "MiB"),
+        "",
+        "What each step added to the resident memory it started from (peak − RSS before, MiB):",
+        "",
+        with_growth(added.loc[order], "MiB"),
         "",
         "The check against the fit, same size: time "
         + ", ".join(

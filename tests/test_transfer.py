@@ -482,3 +482,37 @@ def test_group_changes_sum_sparse_counts_in_blocks_without_a_dense_copy(monkeypa
         np.testing.assert_allclose(baseline.loc[g], source, atol=1e-10)
         np.testing.assert_allclose(change.loc[g], target - source, atol=1e-10)
     assert peak < lognorm.nbytes / 4, (peak, lognorm.nbytes)
+
+
+def test_the_checks_predictions_draw_what_a_group_mean_needs(fitted, monkeypatch):
+    model, _ = fitted
+    seen = []
+    predicted_change = _transfer_check.predicted_change
+
+    def spy(refit, adata, group, target, readout, n_samples):
+        seen.append((group.source_cells.size, n_samples))
+        return predicted_change(refit, adata, group, target, readout, n_samples)
+
+    monkeypatch.setattr(_transfer_check, "predicted_change", spy)
+    run = {"n_degs": 10, "max_steps": 2, "progress": False, "key_added": None}
+    sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", **run)
+    assert seen and all(draws == 5 for _, draws in seen)  # small groups: every draw
+    seen.clear()
+    monkeypatch.setattr(_transfer_check, "CHECK_GROUP_DRAWS", 100)
+    sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", **run)
+    assert all(draws == max(1, -(-100 // cells)) for cells, draws in seen)
+    assert {draws for _, draws in seen} < {1, 2}
+    seen.clear()
+    sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", n_samples=3, **run)
+    assert {draws for _, draws in seen} == {3}  # the caller's number wins
+
+
+def test_written_rows_are_the_rows_predict_filled(monkeypatch):
+    from sctrvae import _utils
+
+    layer = np.full((50, 4), np.nan, dtype=np.float32)
+    layer[[3, 17, 18, 49]] = 1.0
+    layer[17, :3] = np.nan  # one value is enough
+    monkeypatch.setattr(_utils, "ROW_BLOCK_ENTRIES", 4 * 7)  # blocks of 7 rows
+    np.testing.assert_array_equal(_utils.written_rows(layer), [3, 17, 18, 49])
+    assert _utils.written_rows(layer[:0]).size == 0

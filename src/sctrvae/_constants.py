@@ -102,6 +102,12 @@ CHECK_REPEATS = 2
 #: The refits of a check share this many default training budgets (in optimiser steps); the
 #: predictions and set-up of each refit come on top, within three fits' time in all.
 CHECK_BUDGET_FITS = 2.5
+#: Draws per cell of the check's predictions (a sampling readout, ``n_samples=None``): at most
+#: ``CHECK_MAX_DRAWS``, and no more than give each held-out group ``CHECK_GROUP_DRAWS`` draws. A
+#: prediction is scored on its group mean: groups of up to 300 cells keep 5 draws per cell,
+#: groups of 1,500 cells or more one.
+CHECK_MAX_DRAWS = 5
+CHECK_GROUP_DRAWS = 1_500
 #: Two-sided level at which a check's verdict is called; a margin whose interval holds 0 is
 #: "undecided".
 VERDICT_LEVEL = 0.9

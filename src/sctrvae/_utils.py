@@ -59,6 +59,18 @@ def row_blocks(matrix, max_entries: int | None = None) -> Iterator:
         yield matrix[start : start + step]
 
 
+def written_rows(layer: np.ndarray) -> np.ndarray:
+    """Positions of the rows of a ``predict`` layer that hold values (not all NaN).
+
+    Scanned in row blocks: no whole-layer boolean mask.
+    """
+    rows, start = [], 0
+    for block in row_blocks(layer):
+        rows.append(start + np.flatnonzero(~np.isnan(block).all(1)))
+        start += block.shape[0]
+    return np.concatenate(rows) if rows else np.array([], dtype=np.intp)
+
+
 def sums_by_code(
     values: np.ndarray | sp.spmatrix, codes: np.ndarray, n_codes: int, weights=None
 ) -> np.ndarray:

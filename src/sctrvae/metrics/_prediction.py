@@ -7,7 +7,7 @@ import numpy as np
 import scanpy as sc
 
 from .._constants import PREDICTION_LAYER
-from .._utils import layer_matrix, log1p_normalize, pearson
+from .._utils import layer_matrix, log1p_normalize, pearson, written_rows
 
 
 def log_normalized(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
@@ -46,8 +46,7 @@ def prediction_expression(
     values = layer_matrix(adata, layer)
     if not is_log:
         return log1p_normalize(values)
-    values = np.asarray(values, dtype=np.float64)
-    return values[~np.isnan(values).all(1)]
+    return np.asarray(values[written_rows(values)], dtype=np.float64)
 
 
 def top_degs(real_target: ad.AnnData, real_source: ad.AnnData, n_genes: int = 100) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .._utils import hedged_change, interval_se, layer_matrix
+from .._utils import hedged_change, interval_se, layer_matrix, written_rows
 from ..metrics import log1p_normalize
 from ._coverage import donor_coverage
 from ._held_out import shared_changes
@@ -140,8 +140,8 @@ def hedge(
     key_added = f"{layer}_hedged" if key_added is None else key_added
     target = adata.uns[layer]["target_condition"]
     condition_key = model.registry_["setup_args"]["condition_key"]
-    predicted = np.asarray(adata.layers[layer], dtype=np.float64)
-    rows = np.flatnonzero(~np.isnan(predicted).all(1))
+    predicted = adata.layers[layer]
+    rows = written_rows(predicted)
     sources = adata.obs[condition_key].iloc[rows].astype(str).unique()
     if len(sources) != 1:
         raise ValueError(f"The predicted cells must share one condition, found {list(sources)}.")
@@ -166,11 +166,12 @@ def hedge(
         coverage = donor_coverage(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
         lent_by[t] = lending_weights(coverage, per_group["reliability"], per_group["lent"])
         weights[t] = 1.0 - float(lent_by[t].sum())
-        model_change = predicted[cells].mean(0) - log1p_normalize(counts[cells]).mean(0)
+        values = np.asarray(predicted[cells], dtype=np.float64)  # this group's rows only
+        model_change = values.mean(0) - log1p_normalize(counts[cells]).mean(0)
         base = shared_changes(changes.drop(index=t, errors="ignore"))[shared]
         checked = {g: c for g, c in check.attrs.get("changes", {}).items() if g != t}
         change[t], se[t] = hedged_change_se(model_change, base, weights[t], checked)
-        hedged[cells] = np.clip(predicted[cells] + change[t] - model_change, 0.0, None)
+        hedged[cells] = np.clip(values + change[t] - model_change, 0.0, None)
     se = {t: v for t, v in se.items() if v is not None}
     adata.layers[key_added] = hedged
     adata.uns[key_added] = {

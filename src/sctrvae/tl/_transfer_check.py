@@ -5,6 +5,7 @@ Repeated grouped cross-validation inside the training data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import anndata as ad
@@ -16,8 +17,11 @@ from tqdm.auto import tqdm
 from .._constants import (
     CHECK_BUDGET_FITS,
     CHECK_FOLDS,
+    CHECK_GROUP_DRAWS,
+    CHECK_MAX_DRAWS,
     CHECK_REPEATS,
     MIN_MARGIN_SD,
+    READOUTS,
     VERDICT_LEVEL,
 )
 from .._utils import quiet_fitting
@@ -91,7 +95,7 @@ def transfer_check(
     groups: Sequence[str] | None = None,
     n_degs: int = 50,
     readout: str = "calibrated",
-    n_samples: int | None = 5,
+    n_samples: int | None = None,
     n_folds: int = CHECK_FOLDS,
     n_repeats: int = CHECK_REPEATS,
     max_steps: int | None = None,
@@ -137,7 +141,9 @@ def transfer_check(
     n_degs
         Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
     readout, n_samples
-        Readout of :meth:`~sctrvae.TRVAEModel.predict`.
+        Readout of :meth:`~sctrvae.TRVAEModel.predict`. A prediction is scored on its group
+        mean, so by default (``None``) a sampling readout draws per cell at most 5 and no more
+        than give the group 1,500 draws (5 up to 300 cells, 1 from 1,500).
     n_folds, n_repeats
         Folds per shuffle (each fold's groups are held out by one refit) and shuffles.
         ``n_folds=len(groups), n_repeats=1`` is leave-one-group-out.
@@ -192,6 +198,13 @@ def transfer_check(
     if max_steps is None:
         max_steps = refit_steps(int(data.without_targets(folds[0]).sum()), len(folds), train_kwargs)
     train_kwargs["max_steps"] = max_steps
+
+    def draws(n_cells: int) -> int | None:
+        """Draws per cell of a group's prediction."""
+        if n_samples is not None or not READOUTS[readout].draws:
+            return n_samples
+        return min(CHECK_MAX_DRAWS, max(1, math.ceil(CHECK_GROUP_DRAWS / n_cells)))
+
     scores, margins, lent = [], [], {}
     changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
@@ -210,7 +223,9 @@ def transfer_check(
             shared = data.shared([h.name for h in held_out])
             for group in held_out:
                 predictions = {
-                    "model": predicted_change(refit, adata, group, target, readout, n_samples),
+                    "model": predicted_change(
+                        refit, adata, group, target, readout, draws(group.source_cells.size)
+                    ),
                     **shared,
                 }
                 rows = {
