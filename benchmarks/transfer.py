@@ -24,7 +24,10 @@ verdicts in ``<design>_verdicts.csv``) as soon as it is done, with an ``.npz`` o
 the hedge is computed from (a local cache, not committed: 25 MB for Kang); a rerun skips what
 is stored.
 ``--report`` rewrites ``benchmarks/results/transfer.md`` from the stored rows (the hedge is
-recomputed from the stored evidence with the current ``tl.hedged_change_se``). ``--timing N``
+recomputed from the stored evidence with the current ``tl.hedged_change_se``). ``--weights``
+scores, from the same evidence, every fixed hedging weight ``w`` (0, 0.1, …, 1) on every
+(design, seed, group), and writes which weights keep the hedge within 0.05 of the better of
+model and median shift: ``benchmarks/results/transfer_weights.md``. ``--timing N``
 times the check against one fit, N seeds per design, alone on the machine:
 ``benchmarks/results/transfer_cost.md``.
 """
@@ -277,6 +280,66 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 1)
+
+
+def weight_scan(out: Path, path: Path) -> None:
+    """Δ-Pearson of ``median + w · (model − median)`` for fixed ``w``, from the stored evidence.
+
+    Per (design, seed, group): the weights whose hedge is within 0.05 of the better of model and
+    median shift. A design pair that no single weight serves is one the hedge can only serve
+    if the check's evidence tells the two apart.
+    """
+    rows = []
+    for design in DESIGNS:
+        for stored in sorted(out.glob(f"{design}_seed*_*.npz")):
+            seed, group = stored.stem.removeprefix(f"{design}_seed").split("_", 1)
+            e = dict(np.load(stored))
+            degs, real = e["degs"].astype(bool), e["real"]
+            scores = [
+                pearson(
+                    (e["median_shift"] + w * (e["model"] - e["median_shift"]))[degs], real[degs]
+                )
+                for w in WEIGHTS
+            ]
+            better = max(scores[0], scores[-1])
+            good = WEIGHTS[np.asarray(scores) >= better - 0.05]
+            rows.append(
+                {
+                    "design": design,
+                    "seed": int(seed),
+                    "group": group,
+                    **{f"w={w}": round(x, 3) for w, x in zip(WEIGHTS, scores, strict=True)},
+                    "weights_within_0.05": f"{good.min()}–{good.max()}" if good.size else "none",
+                    "hedge_weight": round(1.0 - float(e["lending"].sum()), 2),
+                }
+            )
+    table = pd.DataFrame(rows)
+    pair = table[
+        table.group.isin(["patient_3", "patient_4"]) & table.design.isin(["unlike", "alike"])
+    ]
+    lines = [
+        "# Which fixed hedging weights serve each held-out group",
+        "",
+        "Regenerate: `python benchmarks/transfer.py --weights` (from the evidence cached by a run "
+        "of `benchmarks/transfer.py`). Δ-Pearson over the held-out group's DEGs of "
+        "`median_shift + w · (model − median_shift)`; `weights_within_0.05`: the weights whose "
+        "score is within 0.05 of the better of `w = 0` (median shift) and `w = 1` (model); "
+        "`hedge_weight`: the weight `tl.hedge` chose.",
+        "",
+        "## The look-alike pair, `unlike` against `alike`",
+        "",
+        markdown(pair.set_index(["design", "seed", "group"])),
+        "",
+        "## Every group",
+        "",
+        markdown(table.set_index(["design", "seed", "group"])),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    print("\n".join(lines[:12]))
+
+
 def timing(designs: list[str], repeats: int, path: Path) -> None:
     """Wall time of ``train()`` and of ``tl.transfer_check`` on the same model, alone.
 
@@ -345,6 +408,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default=OUT / "transfer", type=Path)
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
+    parser.add_argument("--weights", action="store_true", help="only scan fixed weights")
     parser.add_argument(
         "--timing", type=int, metavar="REPEATS", help="time the check against a fit instead"
     )
@@ -353,6 +417,9 @@ def main() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.weights:
+        weight_scan(args.out, args.out.parent / "transfer_weights.md")
+        return
     if args.timing:
         timing(args.designs, args.timing, args.out.parent / "transfer_cost.md")
         return

@@ -489,9 +489,9 @@ def test_the_checks_predictions_draw_what_a_group_mean_needs(fitted, monkeypatch
     seen = []
     predicted_change = _transfer_check.predicted_change
 
-    def spy(refit, adata, group, target, readout, n_samples):
+    def spy(refit, adata, group, target, readout, n_samples, cells=None):
         seen.append((group.source_cells.size, n_samples))
-        return predicted_change(refit, adata, group, target, readout, n_samples)
+        return predicted_change(refit, adata, group, target, readout, n_samples, cells)
 
     monkeypatch.setattr(_transfer_check, "predicted_change", spy)
     run = {"n_degs": 10, "max_steps": 2, "progress": False, "key_added": None}
@@ -516,3 +516,32 @@ def test_written_rows_are_the_rows_predict_filled(monkeypatch):
     monkeypatch.setattr(_utils, "ROW_BLOCK_ENTRIES", 4 * 7)  # blocks of 7 rows
     np.testing.assert_array_equal(_utils.written_rows(layer), [3, 17, 18, 49])
     assert _utils.written_rows(layer[:0]).size == 0
+
+
+def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, monkeypatch):
+    """At most CHECK_MAX_CELLS source cells per group; no predicted AnnData stays registered."""
+    model, _ = fitted
+    predicted = []
+    predicted_change = _transfer_check.predicted_change
+
+    def spy(refit, adata, group, target, readout, n_samples, cells=None):
+        predicted.append((group, cells))
+        return predicted_change(refit, adata, group, target, readout, n_samples, cells)
+
+    monkeypatch.setattr(_transfer_check, "predicted_change", spy)
+    monkeypatch.setattr(_transfer_check, "CHECK_MAX_CELLS", 30)
+    store = sctrvae.TRVAEModel._setup_adata_manager_store
+    before = len(store)
+    run = {"n_degs": 10, "max_steps": 2, "progress": False, "key_added": None}
+    table = sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", **run)
+    assert np.isfinite(table.margin).all()
+    for group, cells in predicted:
+        assert cells.size == 30 and np.unique(cells).size == 30
+        assert np.isin(cells, group.source_cells).all()
+    # the same subset in both repeats: the shuffles of the folds do not move it
+    by_group = {}
+    for group, cells in predicted:
+        by_group.setdefault(group.name, []).append(cells)
+    assert all(np.array_equal(*c) for c in by_group.values())
+    # one registration for the refits' shared AnnData; none per prediction
+    assert len(store) - before <= 1

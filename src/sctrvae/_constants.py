@@ -108,6 +108,9 @@ CHECK_BUDGET_FITS = 2.5
 #: groups of 1,500 cells or more one.
 CHECK_MAX_DRAWS = 5
 CHECK_GROUP_DRAWS = 1_500
+#: Source cells of a group the check predicts, at most (a random subset, scored against its own
+#: mean): the score reads the group's mean change, which 2,000 cells estimate as well as 20,000.
+CHECK_MAX_CELLS = 2_000
 #: Two-sided level at which a check's verdict is called; a margin whose interval holds 0 is
 #: "undecided".
 VERDICT_LEVEL = 0.9

@@ -31,11 +31,23 @@ TARGET_SUM = 1e4
 MIXING_NEIGHBORS = 15
 
 
-def log1p_normalize(x: np.ndarray | sp.spmatrix, dtype: np.dtype = np.float64) -> np.ndarray:
+def log1p_normalize(
+    x: np.ndarray | sp.spmatrix, dtype: np.dtype = np.float64, keep_sparse: bool = False
+) -> np.ndarray | sp.csr_matrix:
     """Dense ``log1p(x / row total × 1e4)`` of a cells × genes matrix, in ``dtype``.
 
     Counts or proportions alike; all-zero rows stay zero. Row totals are summed in float64.
+    ``keep_sparse``: a sparse ``x`` gives a CSR matrix of the same values (zeros stay zeros),
+    for computations that need not densify every cell at once.
     """
+    if keep_sparse and sp.issparse(x):
+        out = sp.csr_matrix(x, dtype=dtype, copy=True)
+        totals = np.asarray(out.sum(1, dtype=np.float64)).ravel()
+        per_value = np.repeat(np.where(totals > 0, totals, 1.0), np.diff(out.indptr))
+        out.data /= per_value.astype(dtype)
+        out.data *= TARGET_SUM
+        np.log1p(out.data, out=out.data)
+        return out
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     totals = x.sum(-1, keepdims=True, dtype=np.float64)
     out = x.astype(dtype) / np.where(totals > 0, totals, 1.0).astype(dtype)

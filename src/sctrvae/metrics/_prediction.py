@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 
 from .._constants import PREDICTION_LAYER
 from .._utils import layer_matrix, log1p_normalize, pearson, written_rows
@@ -50,9 +51,18 @@ def prediction_expression(
 
 
 def top_degs(real_target: ad.AnnData, real_source: ad.AnnData, n_genes: int = 100) -> np.ndarray:
-    """Top ``n_genes`` genes by Wilcoxon score, target vs source (real cells), as var names."""
+    """Top ``n_genes`` genes by Wilcoxon score, target vs source (real cells), as var names.
+
+    Sparse counts stay sparse (the same values; scanpy ranks them in gene chunks): a group of
+    many cells is never densified whole.
+    """
+    cells = [real_target.X, real_source.X]
     both = ad.AnnData(
-        X=np.vstack([log_normalized(real_target), log_normalized(real_source)]),
+        X=(
+            sp.vstack([log1p_normalize(x, keep_sparse=True) for x in cells], format="csr")
+            if all(sp.issparse(x) for x in cells)
+            else np.vstack([log1p_normalize(x) for x in cells])
+        ),
         obs={"group": ["target"] * real_target.n_obs + ["source"] * real_source.n_obs},
         var=real_target.var[[]],
     )

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .._constants import PREDICTION_LAYER
-from .._utils import pearson, quiet_fitting
+from .._utils import log1p_normalize, pearson, quiet_fitting
 from ..metrics import top_degs
 from ._similarity import group_changes
 
@@ -163,6 +163,17 @@ def refit_like(model, adata: ad.AnnData, **train_kwargs):
     return refit
 
 
+def release(model) -> None:
+    """Drop every AnnData registration of ``model``, an internal refit about to be deleted.
+
+    scvi-tools keeps each AnnData a model has seen (its training data, every AnnData it
+    predicted) in class-level stores that outlive the model: without this, each refit's
+    predictions would stay in memory until the process ends.
+    """
+    model.deregister_manager(model.adata)
+    type(model)._per_instance_manager_store.pop(model.id, None)
+
+
 def sharing_matrices(adata: ad.AnnData) -> ad.AnnData:
     """A new AnnData on ``adata``'s count matrices (not copied), with its own ``obs`` and ``var``.
 
@@ -198,17 +209,24 @@ def predicted_change(
     target_condition: str,
     readout: str,
     n_samples: int | None,
+    cells: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Mean log-normalised prediction of ``group``'s source cells minus their own mean."""
-    cells = adata[group.source_cells].copy()
+    """Mean log-normalised prediction of ``group``'s source cells minus their own mean.
+
+    ``cells``: positions of the source cells to predict (default all of the group's); a subset
+    is compared with its own mean.
+    """
+    subset = cells is not None
+    source = adata[group.source_cells if cells is None else cells].copy()
     # only the readout, one row per cell: not every draw of every gene
     model.predict(
-        cells,
+        source,
         target_condition=target_condition,
         readout=readout,
         n_samples=n_samples,
         key_added=PREDICTION_LAYER,
         return_anndata=False,
     )
-    # the source cells' own mean is the one the engine already holds
-    return cells.layers[PREDICTION_LAYER].mean(0, dtype=np.float64) - group.source_mean
+    predicted = source.layers[PREDICTION_LAYER].mean(0, dtype=np.float64)
+    # a group's own mean is the one the engine already holds
+    return predicted - (log1p_normalize(source.X).mean(0) if subset else group.source_mean)

@@ -18,6 +18,7 @@ from .._constants import (
     CHECK_BUDGET_FITS,
     CHECK_FOLDS,
     CHECK_GROUP_DRAWS,
+    CHECK_MAX_CELLS,
     CHECK_MAX_DRAWS,
     CHECK_REPEATS,
     MIN_MARGIN_SD,
@@ -33,6 +34,7 @@ from ._held_out import (
     held_out_split,
     predicted_change,
     refit_like,
+    release,
     score_change,
     sharing_matrices,
 )
@@ -142,8 +144,9 @@ def transfer_check(
         Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
     readout, n_samples
         Readout of :meth:`~sctrvae.TRVAEModel.predict`. A prediction is scored on its group
-        mean, so by default (``None``) a sampling readout draws per cell at most 5 and no more
-        than give the group 1,500 draws (5 up to 300 cells, 1 from 1,500).
+        mean, so at most 2,000 of a group's source cells are predicted (a random subset, against
+        its own mean), and by default (``None``) a sampling readout draws per cell at most 5
+        and no more than give the group 1,500 draws (5 up to 300 cells, 1 from 1,500).
     n_folds, n_repeats
         Folds per shuffle (each fold's groups are held out by one refit) and shuffles.
         ``n_folds=len(groups), n_repeats=1`` is leave-one-group-out.
@@ -154,7 +157,8 @@ def transfer_check(
         ``train_size=1.0``, and no early stopping, ``early_stopping=False``: a refit's budget is
         short and fixed).
     random_state
-        Seed of the shuffles (the refits' own randomness follows ``scvi.settings.seed``).
+        Seed of the shuffles and of the subsets of large groups' cells (the refits' own
+        randomness follows ``scvi.settings.seed``).
     progress
         Show a progress bar over the refits.
     key_added
@@ -205,6 +209,16 @@ def transfer_check(
             return n_samples
         return min(CHECK_MAX_DRAWS, max(1, math.ceil(CHECK_GROUP_DRAWS / n_cells)))
 
+    rng = np.random.default_rng(random_state)
+    # each group's predicted source cells: all, or a random subset of CHECK_MAX_CELLS
+    cells = {}
+    for g in checked:
+        source = data.group(g).source_cells
+        cells[g] = (
+            source
+            if source.size <= CHECK_MAX_CELLS
+            else np.sort(rng.choice(source, CHECK_MAX_CELLS, replace=False))
+        )
     scores, margins, lent = [], [], {}
     changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
@@ -224,7 +238,13 @@ def transfer_check(
             for group in held_out:
                 predictions = {
                     "model": predicted_change(
-                        refit, adata, group, target, readout, draws(group.source_cells.size)
+                        refit,
+                        adata,
+                        group,
+                        target,
+                        readout,
+                        draws(cells[group.name].size),
+                        None if cells[group.name] is group.source_cells else cells[group.name],
                     ),
                     **shared,
                 }
@@ -251,6 +271,7 @@ def transfer_check(
                 # lists, because pandas compares attrs with == when it combines tables
                 for method, change in predictions.items():
                     changes_of[group.name][method].append(change.tolist())
+            release(refit)
             del refit
             bar.update()
     bar.close()
