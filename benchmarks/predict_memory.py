@@ -184,8 +184,8 @@ def report(rows: list[dict], out: Path, command: str, wall: float) -> None:
         "process before `predict` (data, model, imports); `peak_rss_mb`: its high-water mark "
         "during `predict`; `increase_mb`: the difference. `nb_draw_seconds`: of `seconds`, "
         "those spent drawing negative binomial counts. `load`: the machine's 1-minute load "
-        "average before / after the call (2 cores; other jobs ran on it, so seconds are "
-        "contended).",
+        "average before / after the call (2 cores; compare seconds within one run, beside "
+        "its load).",
         "",
         table.to_markdown(index=False),
         "",
