@@ -496,7 +496,8 @@ def test_the_checks_predictions_draw_what_a_group_mean_needs(fitted, monkeypatch
     monkeypatch.setattr(_transfer_check, "predicted_change", spy)
     run = {"n_degs": 10, "max_steps": 2, "progress": False, "key_added": None}
     sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", **run)
-    assert seen and all(draws == 5 for _, draws in seen)  # small groups: every draw
+    assert seen
+    assert all(draws == 5 for _, draws in seen)  # small groups: every draw
     seen.clear()
     monkeypatch.setattr(_transfer_check, "CHECK_GROUP_DRAWS", 100)
     sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", **run)
@@ -536,7 +537,8 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
     table = sctrvae.tl.transfer_check(model, "patient", "control", "stimulated", **run)
     assert np.isfinite(table.margin).all()
     for group, cells in predicted:
-        assert cells.size == 30 and np.unique(cells).size == 30
+        assert cells.size == 30
+        assert np.unique(cells).size == 30
         assert np.isin(cells, group.source_cells).all()
     # the same subset in both repeats: the shuffles of the folds do not move it
     by_group = {}
