@@ -176,6 +176,14 @@ def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, 
         return refits[-1]
 
     monkeypatch.setattr(_transfer_check, "refit_like", spy)
+    starts = []
+    start_decoder = sctrvae.TRVAEModel.start_decoder
+
+    def start_spy(self, indices=None):
+        starts.append(indices)
+        return start_decoder(self, indices)
+
+    monkeypatch.setattr(sctrvae.TRVAEModel, "start_decoder", start_spy)
     table = sctrvae.tl.transfer_check(
         model,
         "patient",
@@ -203,6 +211,22 @@ def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, 
         np.testing.assert_array_equal(test, np.flatnonzero(is_held_out))
         # the whole budget ran: the epochs are counted on the training cells only
         assert refit.trainer.global_step == 5
+    # the decoder started from the training cells' profiles, not the held-out ones'
+    restarts = [i for i in starts if i is not None]
+    assert len(restarts) == 2
+    for indices in restarts:
+        np.testing.assert_array_equal(indices, np.flatnonzero(~is_held_out))
+    start = model.adata[~is_held_out].copy()
+    sctrvae.TRVAEModel.setup_anndata(start, condition_key="condition")
+    init = refit.init_params_["non_kwargs"]
+    expected = sctrvae.TRVAEModel(start, **init).module.mean_head.bias.detach().numpy()
+    full = model.adata.copy()
+    sctrvae.TRVAEModel.setup_anndata(full, condition_key="condition")
+    fresh = sctrvae.TRVAEModel(full, **init)
+    everything = fresh.module.mean_head.bias.detach().numpy().copy()
+    fresh.start_decoder(np.flatnonzero(~is_held_out))
+    np.testing.assert_allclose(fresh.module.mean_head.bias.detach().numpy(), expected, rtol=1e-6)
+    assert not np.allclose(everything, expected, rtol=1e-6)
     # the model's own registration is untouched
     assert "_scvi_manager_uuid" in model.adata.uns
     assert model.get_latent_representation().shape == (model.adata.n_obs, 4)

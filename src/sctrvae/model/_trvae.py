@@ -6,6 +6,7 @@ import os
 from typing import Literal
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 # scvi-tools' view_anndata_setup calls rich.pretty without importing it; rich < 15 imported it
@@ -124,18 +125,33 @@ class TRVAEModel(
                 self.module.likelihood,
                 self._x_name,
             )
-            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).reshape(-1)
-            profiles = condition_gene_means(
-                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-                codes,
-                self.module.n_conditions,
-                self.module.likelihood,
-            )
-            self.module.start_from_profiles(torch.as_tensor(profiles, dtype=torch.float32))
+            self.start_decoder()
         self._model_summary_string = f"TRVAEModel: {self.module.summary}."
         # saved with the model (scvi-tools saves attributes ending in "_"); load restores it
         self.sctrvae_version_ = __version__
         self.init_params_ = self._get_init_params(locals())
+
+    def start_decoder(self, indices: np.ndarray | None = None) -> None:
+        """Start the decoder's output bias at the conditions' gene profiles of the cells.
+
+        Done when the model is built, from all its registered cells
+        (:meth:`~sctrvae.TRVAEModule.start_from_profiles`). ``indices`` (positions in the
+        model's AnnData): from these cells only, e.g. the training cells of a split given by
+        index lists (``datasplitter_kwargs={"external_indexing": ...}``), so that held-out
+        cells do not shape the start. Call it before :meth:`train`.
+        """
+        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).reshape(-1)
+        if indices is not None:  # the other cells are left out of the sums (code -1)
+            chosen = np.full(codes.shape, -1, dtype=np.int64)
+            chosen[indices] = codes[indices]
+            codes = chosen
+        profiles = condition_gene_means(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            codes,
+            self.module.n_conditions,
+            self.module.likelihood,
+        )
+        self.module.start_from_profiles(torch.as_tensor(profiles, dtype=torch.float32))
 
     @property
     def _x_name(self) -> str:

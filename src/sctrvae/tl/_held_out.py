@@ -149,8 +149,10 @@ def refit_like(model, adata: ad.AnnData, **train_kwargs):
     """A model of ``model``'s class, set up and initialised as ``model`` was, trained on ``adata``.
 
     ``adata`` is set up with the registered arguments of ``model`` (``setup_args`` of its
-    registry) and the model is built with ``model.init_params_``. The fit prints no progress bar
-    and no Lightning banner; warnings still show.
+    registry) and the model is built with ``model.init_params_``. Training on index lists
+    (``datasplitter_kwargs={"external_indexing": [train, ...]}``), the decoder starts from the
+    training cells only (:meth:`~sctrvae.TRVAEModel.start_decoder`). The fit prints no progress
+    bar and no Lightning banner; warnings still show.
     """
     setup_args = {k: v for k, v in model.registry_["setup_args"].items() if v is not None}
     params = model.init_params_
@@ -159,6 +161,9 @@ def refit_like(model, adata: ad.AnnData, **train_kwargs):
     with quiet_fitting():
         cls.setup_anndata(adata, **setup_args)
         refit = cls(adata, **init_kwargs)
+        split = train_kwargs.get("datasplitter_kwargs", {}).get("external_indexing")
+        if split is not None:  # held-out cells must not shape the start either
+            refit.start_decoder(split[0])
         refit.train(**{"enable_progress_bar": False, **train_kwargs})
     return refit
 
