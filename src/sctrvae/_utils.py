@@ -6,6 +6,7 @@ A leaf module: it imports nothing of sctrvae and no scanpy, so every other modul
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,15 @@ def sums_by_code(
     indicator = sp.csr_matrix((weights, (codes[kept], kept)), shape=(n_codes, len(codes)))
     sums = indicator @ (values.astype(np.float64) if sp.issparse(values) else values)
     return sums.toarray() if sp.issparse(sums) else np.asarray(sums, dtype=np.float64)
+
+
+def draws_per_cell(n_cells: int, per_group: int, at_most: int) -> int:
+    """Draws per cell that give a group of ``n_cells`` cells ``per_group`` draws in all.
+
+    At least 1 and at most ``at_most``: a group mean needs a number of draws, not a number per
+    cell, so a large group takes fewer per cell.
+    """
+    return int(min(at_most, max(1, math.ceil(per_group / n_cells))))
 
 
 def log_expression(values: np.ndarray, likelihood: str) -> np.ndarray:

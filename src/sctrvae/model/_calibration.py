@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import log1p_normalize, sums_by_code
+from .._utils import draws_per_cell, log1p_normalize, sums_by_code
 
 
 class ReconstructionError:
@@ -57,9 +57,9 @@ class ReconstructionError:
     def draws_needed(self, n_samples: int, per_group: int) -> int:
         """Reconstructed draws per cell that give every group ``per_group`` draws.
 
-        At most ``n_samples`` and at least 1; the smallest group decides.
+        At most ``n_samples`` and at least 1 (:func:`draws_per_cell`); the smallest group decides.
         """
-        return int(min(n_samples, max(1, np.ceil(per_group / self.cells_per_group.min()))))
+        return draws_per_cell(int(self.cells_per_group.min()), per_group, n_samples)
 
     def _sum_by_group(self, cells: slice, values: np.ndarray) -> np.ndarray:
         """Weighted sums of per-cell ``values`` (``(cells, genes)``), one row per group."""

@@ -221,8 +221,9 @@ def predicted_change(
     ``cells``: positions of the source cells to predict (default all of the group's); a subset
     is compared with its own mean.
     """
-    subset = cells is not None
-    source = adata[group.source_cells if cells is None else cells].copy()
+    cells = group.source_cells if cells is None else cells
+    subset = cells.size < group.source_cells.size
+    source = adata[cells].copy()
     # only the readout, one row per cell: not every draw of every gene
     model.predict(
         source,

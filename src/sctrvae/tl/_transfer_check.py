@@ -5,7 +5,6 @@ Repeated grouped cross-validation inside the training data.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import anndata as ad
@@ -25,7 +24,7 @@ from .._constants import (
     READOUTS,
     VERDICT_LEVEL,
 )
-from .._utils import quiet_fitting
+from .._utils import draws_per_cell, quiet_fitting
 from ..train import step_budget, steps_per_epoch
 from ._coverage import donor_coverage
 from ._held_out import (
@@ -207,7 +206,7 @@ def transfer_check(
         """Draws per cell of a group's prediction."""
         if n_samples is not None or not READOUTS[readout].draws:
             return n_samples
-        return min(CHECK_MAX_DRAWS, max(1, math.ceil(CHECK_GROUP_DRAWS / n_cells)))
+        return draws_per_cell(n_cells, CHECK_GROUP_DRAWS, CHECK_MAX_DRAWS)
 
     rng = np.random.default_rng(random_state)
     # each group's predicted source cells: all, or a random subset of CHECK_MAX_CELLS
@@ -244,7 +243,7 @@ def transfer_check(
                         target,
                         readout,
                         draws(cells[group.name].size),
-                        None if cells[group.name] is group.source_cells else cells[group.name],
+                        cells[group.name],
                     ),
                     **shared,
                 }
