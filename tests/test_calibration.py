@@ -266,8 +266,8 @@ def test_the_reconstruction_draws_per_cell_follow_the_smallest_group():
     assert draws([4_000], n_samples=3) == 3  # never more than asked
 
 
-def test_a_large_group_is_reconstructed_with_fewer_draws_and_corrected_alike(monkeypatch):
-    """Fewer reconstructed draws per cell move the group's correction only by sampling noise."""
+def test_a_large_group_is_predicted_with_fewer_draws_and_corrected_alike(monkeypatch):
+    """A large group gets fewer draws per cell unless asked; its correction moves by noise only."""
     mixin = _prediction_mixin
     scvi.settings.seed = 0
     adata = sctrvae.datasets.simulate(n_cells=800, n_genes=40, seed=1)
@@ -283,14 +283,25 @@ def test_a_large_group_is_reconstructed_with_fewer_draws_and_corrected_alike(mon
 
     monkeypatch.setattr(mixin, "decoded_batches", spy)
     control = np.flatnonzero(adata.obs.condition == "control")
-    corrections = {}
+    corrections, means = {}, {}
     for per_group in (20_000, control.size):  # all 10 draws, then 1 per cell
         monkeypatch.setattr(mixin, "CALIBRATION_DRAWS", per_group)
         pred = model.predict(
             adata, indices=control, target_condition="stimulated", readout="calibrated"
         )
         corrections[per_group] = pred.uns["sctrvae_calibration"].to_numpy()
-    assert seen == [(None, 10), (1, 10), (None, 1), (1, 10)]
+        means[per_group] = pred.layers["log_normalized"].mean(0)
+        n_draws = 10 if per_group == 20_000 else 1
+        assert pred.uns["sctrvae_prediction"]["n_samples"] == n_draws
+        assert pred.n_obs == n_draws * control.size
+    # asked for, 10 predicted draws per cell whatever the group's size
+    pred = model.predict(
+        adata, indices=control, target_condition="stimulated", readout="calibrated", n_samples=10
+    )
+    assert pred.n_obs == 10 * control.size
+    assert seen == [(None, 10), (1, 10), (None, 1), (1, 1), (None, 1), (1, 10)]
+    # the group's predicted mean is as precise with one draw per cell of 400 cells
+    assert np.corrcoef(means[20_000], means[control.size])[0, 1] > 0.99
     one, every = corrections[control.size].ravel(), corrections[20_000].ravel()
     # a group mean over the cells either way: the corrections agree up to sampling noise
     # (400 cells × 1 draw against × 10: about 0.05 apart, corrections about 0.1)

@@ -50,9 +50,10 @@ NORMALIZED_LAYER = "normalized"
 PREDICTION_UNS = "sctrvae_prediction"
 #: ``uns`` key of the calibration's corrections (groups × genes).
 CALIBRATION_UNS = "sctrvae_calibration"
-#: Reconstructed draws (cells × draws) each group's calibration is averaged over, at least:
-#: the correction is a group mean, so a large group needs fewer draws per cell for the same
-#: precision. Groups of up to 2,000 cells keep 10 draws per cell; from 20,000 cells, one.
+#: Draws (cells × draws) of each group that the calibrated readout averages, at least, in its
+#: correction and, unless ``n_samples`` is passed, in its prediction: both are read as group
+#: means, so a large group needs fewer draws per cell for the same precision. Groups of up to
+#: 2,000 cells keep 10 draws per cell; from 20,000 cells, one.
 CALIBRATION_DRAWS = 20_000
 #: ``obs`` column with each row's draw, where draws are stacked.
 DRAW_OBS = "sctrvae_draw"

@@ -115,7 +115,12 @@ class PredictionMixin:
             so the first pass draws per cell only what gives each group at least 20,000
             reconstructed draws (all ``n_samples`` up to 2,000 cells per group, one from 20,000).
         n_samples
-            Draws per cell of ``"sampled"`` (default 1) and ``"calibrated"`` (default 10).
+            Draws per cell of ``"sampled"`` (default 1) and ``"calibrated"``. The calibrated
+            readout is read as group means, so by default it draws per cell what gives each
+            group (``groupby``; all predicted cells without it) at least 20,000 draws: 10 up
+            to 2,000 cells, fewer above, one from 20,000 (each row of a large group's layer
+            then averages fewer draws; its group mean is as precise). Pass ``n_samples`` to
+            draw that many per cell whatever the group sizes.
         groupby
             ``"calibrated"`` only: column of ``adata.obs`` (e.g. the cell type) with one
             correction per group; default one correction for all cells.
@@ -140,8 +145,8 @@ class PredictionMixin:
         return_anndata
             ``False`` (with ``key_added``): write the layer only and return ``None``. The
             returned AnnData holds every draw of every cell, three float32 arrays of
-            ``max(n_samples, 1) × n_cells × n_genes`` (120 bytes per cell and gene for the
-            default 10 calibrated draws: 12 GB for 50,000 cells × 2,000 genes); the layer holds
+            ``max(n_samples, 1) × n_cells × n_genes`` (120 bytes per cell and gene for 10
+            calibrated draws: 12 GB for 50,000 cells × 2,000 genes); the layer holds
             one row per cell (4 bytes per cell and gene). For large data use
             ``key_added=..., return_anndata=False``: time and memory then grow linearly in
             cells, by one minibatch of draws at a time (``docs/large-data.md`` has the
@@ -207,6 +212,7 @@ class PredictionMixin:
         target = self._condition_code(target_condition)
         batch = None if target_batch is None else batch_code(self.registry_, target_batch)
         readout = chosen_readout(readout, n_samples)
+        requested = n_samples
         n_samples = self._check_readout(readout, n_samples, groupby, library_size, key_added)
         self._check_if_trained(warn=False)
         adata, selected, computed = self._prepare(adata, indices, key_added)
@@ -216,10 +222,8 @@ class PredictionMixin:
                 "the cells (e.g. the cell type), or None for one correction."
             )
         likelihood = self.module.likelihood
-        if return_anndata:
-            warn_if_large(n_samples, selected.size, adata.n_vars, likelihood)
 
-        def decode(target: int | None, draws: int = n_samples, **kwargs):
+        def decode(target: int | None, draws: int, **kwargs):
             loader = self._make_data_loader(adata, indices=computed, batch_size=batch_size)
             return decoded_batches(
                 self.module,
@@ -240,8 +244,12 @@ class PredictionMixin:
                 adata.n_vars,
             )
             draws = calibration.draws_needed(n_samples, CALIBRATION_DRAWS)
+            if requested is None:  # a group's readout is read as its mean: as many draws
+                n_samples = draws
             for cells, out in decode(None, draws, normalized=False):
                 calibration.add(cells, out["observed"], out["expression"])
+        if return_anndata:
+            warn_if_large(n_samples, selected.size, adata.n_vars, likelihood)
 
         def readout_values(cells: slice, expression: np.ndarray) -> np.ndarray:
             """A minibatch's readout, log-normalised (float32, the shape of ``expression``)."""
@@ -260,7 +268,7 @@ class PredictionMixin:
         layer = None if per_cell is None else blank_layer(adata)
         arrays: dict[str, np.ndarray] = {}
         # second pass: the predictions, one minibatch at a time
-        for cells, out in decode(target, batch=batch, normalized=return_anndata):
+        for cells, out in decode(target, n_samples, batch=batch, normalized=return_anndata):
             del out["observed"]
             if return_anndata or reads_log:
                 out[PREDICTION_LAYER] = readout_values(cells, out["expression"])
