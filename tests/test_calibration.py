@@ -307,3 +307,72 @@ def test_a_large_group_is_predicted_with_fewer_draws_and_corrected_alike(monkeyp
     # (400 cells × 1 draw against × 10: about 0.05 apart, corrections about 0.1)
     assert np.corrcoef(one, every)[0, 1] > 0.8
     assert np.abs(one - every).mean() < 0.5 * np.abs(every).mean()
+
+
+def test_a_large_group_is_reconstructed_from_a_random_subset_of_its_cells(monkeypatch):
+    """A correction needs CALIBRATION_DRAWS draws: a larger group's come from that many cells."""
+    mixin = _prediction_mixin
+    scvi.settings.seed = 0
+    adata = sctrvae.datasets.simulate(n_cells=800, n_genes=40, seed=1)
+    adata.obs["half"] = np.where(np.arange(adata.n_obs) % 2, "odd", "even")
+    sctrvae.TRVAEModel.setup_anndata(adata, condition_key="condition")
+    model = sctrvae.TRVAEModel(adata, n_hidden=16, n_latent=3)
+    model.train(max_steps=30, enable_progress_bar=False)
+    control = np.flatnonzero(adata.obs.condition == "control")
+    added = []
+    add = ReconstructionError.add
+
+    def spy(self, cells, observed, reconstruction):
+        added.append(np.arange(len(self._codes))[cells])
+        return add(self, cells, observed, reconstruction)
+
+    monkeypatch.setattr(ReconstructionError, "add", spy)
+    kwargs = {"indices": control, "target_condition": "stimulated", "readout": "calibrated"}
+    full = model.predict(adata, **kwargs, groupby="half")
+    every = np.concatenate(added)
+    assert every.size == control.size  # 10 draws per cell: every cell of both halves
+    monkeypatch.setattr(mixin, "CALIBRATION_DRAWS", 120)  # 1 draw per cell, 120 cells a group
+    corrections, subsets = [], []
+    for seed in (3, 3, *range(4, 12)):
+        added.clear()
+        scvi.settings.seed = seed
+        pred = model.predict(adata, **kwargs, groupby="half")
+        corrections.append(pred.uns["sctrvae_calibration"])
+        subsets.append(np.concatenate(added))
+    halves = adata.obs["half"].to_numpy()[control[subsets[0]]]
+    assert subsets[0].size == np.unique(subsets[0]).size == 240
+    assert (halves == "even").sum() == (halves == "odd").sum() == 120
+    assert pred.n_obs == control.size  # every cell is still predicted, one draw each
+    # the subset follows the seed
+    np.testing.assert_array_equal(subsets[0], subsets[1])
+    pd.testing.assert_frame_equal(corrections[0], corrections[1])
+    assert not np.array_equal(subsets[1], subsets[2])
+    # a subset's correction estimates the group's: over 10 subsets, the mean is the whole
+    # group's up to sampling noise (one subset: about as noisy as the corrections are large)
+    subset_mean = np.mean([c.to_numpy() for c in corrections[1:]], axis=0).ravel()
+    every_cell = full.uns["sctrvae_calibration"].to_numpy().ravel()
+    assert np.corrcoef(subset_mean, every_cell)[0, 1] > 0.8
+    assert np.abs(subset_mean - every_cell).mean() < 0.6 * np.abs(every_cell).mean()
+
+
+def test_a_correction_from_some_cells_is_their_mean_error():
+    rng = np.random.default_rng(0)
+    observed = rng.poisson(3.0, size=(10, 6)).astype(float)
+    reconstruction = rng.poisson(3.0, size=(2, 10, 6)).astype(float)
+    groups = np.array(["a"] * 4 + ["b"] * 6)
+    # cell 9 selected twice (it counts twice), group b larger than 3 cells
+    error = ReconstructionError(np.append(groups, "b"), np.append(np.arange(10), 9), 10, 6)
+    scvi.settings.seed = 0
+    cells = error.reconstructed_cells(per_group=4)
+    assert np.array_equal(cells[:4], np.arange(4))  # group a whole
+    assert cells.size == 8
+    assert np.isin(cells[4:], np.arange(4, 10)).all()
+    error.add(cells[:5], observed[cells[:5]], reconstruction[:, cells[:5]])
+    error.add(cells[5:], observed[cells[5:]], reconstruction[:, cells[5:]])
+    for code, group in enumerate(["a", "b"]):
+        mine = cells[groups[cells] == group]
+        mine = np.append(mine, 9) if 9 in mine else mine  # the repeated cell's second count
+        expected = log1p_normalize(observed[mine]).mean(0) - log1p_normalize(
+            reconstruction[:, mine].reshape(-1, 6)
+        ).mean(0)
+        np.testing.assert_allclose(error.shift[code], expected, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from .._utils import draws_per_cell, log1p_normalize, sums_by_code
 
@@ -14,7 +15,8 @@ class ReconstructionError:
 
     Accumulated over minibatches (:meth:`add`), so that no array holds more than one minibatch
     of draws; then :meth:`calibrate` shifts predicted draws, one minibatch at a time. Cells are
-    those of the loader, in its order; each cell counts as often as it was selected.
+    those of the loader, in its order; each cell counts as often as it was selected. A group's
+    correction is the mean over the cells added (all, or :meth:`reconstructed_cells`).
 
     Parameters
     ----------
@@ -47,6 +49,7 @@ class ReconstructionError:
         self._weights = np.bincount(positions, minlength=n_cells).astype(np.float64)
         self._observed = np.zeros((self.groups.size, n_genes))
         self._reconstructed = np.zeros((self.groups.size, n_genes))
+        self._added = np.zeros(self.groups.size)  # cells added per group, weighted
         self._shift: np.ndarray | None = None
 
     @property
@@ -61,14 +64,32 @@ class ReconstructionError:
         """
         return draws_per_cell(int(self.cells_per_group.min()), per_group, n_samples)
 
-    def _sum_by_group(self, cells: slice, values: np.ndarray) -> np.ndarray:
+    def reconstructed_cells(self, per_group: int) -> np.ndarray:
+        """Positions, among the loader's cells, of those to reconstruct (increasing).
+
+        Every cell of a group of up to ``per_group`` cells; of a larger group, ``per_group`` of
+        its cells at random (torch's generator, which ``scvi.settings.seed`` seeds): its
+        correction is a mean, as precise from that many as from all.
+        """
+        kept = []
+        for code in range(self.groups.size):
+            cells = np.flatnonzero(self._codes == code)
+            if cells.size > per_group:
+                cells = cells[torch.randperm(cells.size)[:per_group].numpy()]
+            kept.append(cells)
+        return np.sort(np.concatenate(kept))
+
+    def _sum_by_group(self, cells: slice | np.ndarray, values: np.ndarray) -> np.ndarray:
         """Weighted sums of per-cell ``values`` (``(cells, genes)``), one row per group."""
         return sums_by_code(values, self._codes[cells], self.groups.size, self._weights[cells])
 
     def add(
-        self, cells: slice, observed: np.ndarray | sp.spmatrix, reconstruction: np.ndarray
+        self,
+        cells: slice | np.ndarray,
+        observed: np.ndarray | sp.spmatrix,
+        reconstruction: np.ndarray,
     ) -> None:
-        """Add the loader's ``cells``: their counts and their reconstructions' draws.
+        """Add the loader's ``cells`` (a slice or positions): their counts and reconstructions.
 
         ``observed``: ``(cells, genes)``; ``reconstruction``: draws of counts decoded under the
         cells' own condition, ``(draws, cells, genes)``.
@@ -79,13 +100,16 @@ class ReconstructionError:
         # per cell, the mean over its draws
         per_cell = reconstructed.reshape(n_draws, n, n_genes).mean(0, dtype=np.float64)
         self._reconstructed += self._sum_by_group(cells, per_cell)
+        self._added += np.bincount(
+            self._codes[cells], weights=self._weights[cells], minlength=self.groups.size
+        )
         self._shift = None
 
     @property
     def shift(self) -> np.ndarray:
         """The corrections, ``(groups, genes)``: observed minus reconstructed group means."""
         if self._shift is None:
-            self._shift = (self._observed - self._reconstructed) / self.cells_per_group[:, None]
+            self._shift = (self._observed - self._reconstructed) / self._added[:, None]
         return self._shift
 
     def table(self, genes: pd.Index) -> pd.DataFrame:

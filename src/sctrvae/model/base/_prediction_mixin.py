@@ -113,7 +113,9 @@ class PredictionMixin:
             minibatch at a time: first under their own condition (the corrections' sums), then
             under the target (the draws, corrected as they come). A correction is a group mean,
             so the first pass draws per cell only what gives each group at least 20,000
-            reconstructed draws (all ``n_samples`` up to 2,000 cells per group, one from 20,000).
+            reconstructed draws (all ``n_samples`` up to 2,000 cells per group, one from 20,000),
+            and reconstructs no more of a group's cells than that takes (20,000 of a larger
+            group's, at random).
         n_samples
             Draws per cell of ``"sampled"`` (default 1) and ``"calibrated"``. The calibrated
             readout is read as group means, so by default it draws per cell what gives each
@@ -223,8 +225,8 @@ class PredictionMixin:
             )
         likelihood = self.module.likelihood
 
-        def decode(target: int | None, draws: int, **kwargs):
-            loader = self._make_data_loader(adata, indices=computed, batch_size=batch_size)
+        def decode(target: int | None, draws: int, cells: np.ndarray = computed, **kwargs):
+            loader = self._make_data_loader(adata, indices=cells, batch_size=batch_size)
             return decoded_batches(
                 self.module,
                 loader,
@@ -246,8 +248,10 @@ class PredictionMixin:
             draws = calibration.draws_needed(n_samples, CALIBRATION_DRAWS)
             if requested is None:  # a group's readout is read as its mean: as many draws
                 n_samples = draws
-            for cells, out in decode(None, draws, normalized=False):
-                calibration.add(cells, out["observed"], out["expression"])
+            # and so is a correction: a large group's comes from as many of its cells
+            reconstructed = calibration.reconstructed_cells(-(-CALIBRATION_DRAWS // draws))
+            for cells, out in decode(None, draws, computed[reconstructed], normalized=False):
+                calibration.add(reconstructed[cells], out["observed"], out["expression"])
         if return_anndata:
             warn_if_large(n_samples, selected.size, adata.n_vars, likelihood)
 
