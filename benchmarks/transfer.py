@@ -23,8 +23,10 @@ Each (design, seed, group) is stored in ``benchmarks/results/transfer/<design>.c
 verdicts in ``<design>_verdicts.csv``) as soon as it is done, with an ``.npz`` of the evidence
 the hedge is computed from (a local cache, not committed: 25 MB for Kang); a rerun skips what
 is stored.
-``--report`` rewrites ``benchmarks/results/transfer.md`` from the stored rows (the hedge is
-recomputed from the stored evidence with the current ``tl.hedged_change_se``). ``--weights``
+``--check-repeats N`` and ``--untested reliability`` run a non-default check and hedge (pass
+another ``--out``: the report goes beside it). ``--report`` rewrites
+``benchmarks/results/transfer.md`` from the stored rows (the hedge is recomputed from the
+stored evidence with the current ``tl.hedged_change_se``). ``--weights``
 scores, from the same evidence, every fixed hedging weight ``w`` (0, 0.1, …, 1) on every
 (design, seed, group), and writes which weights keep the hedge within 0.05 of the better of
 model and median shift: ``benchmarks/results/transfer_weights.md``. ``--timing N``
@@ -67,7 +69,7 @@ def load(design: str) -> tuple[ad.AnnData, str, int]:
     return sctrvae.datasets.simulate_patients(pair_response=design, seed=0), "patient", 50
 
 
-def run_group(data: GroupedData, group: str, t: str, seed: int):
+def run_group(data: GroupedData, group: str, t: str, seed: int, check_kwargs: dict, untested: str):
     """The workflow with ``t``'s stimulated cells held out: one row, and the check's verdicts."""
     ((keep, (held,)),) = data.folds([(t,)])
     adata, source = data.adata, held.source_cells
@@ -88,10 +90,10 @@ def run_group(data: GroupedData, group: str, t: str, seed: int):
     )
     start = time.perf_counter()
     check = sctrvae.tl.transfer_check(
-        model, group, SOURCE, TARGET, n_degs=data.n_degs, progress=False
+        model, group, SOURCE, TARGET, n_degs=data.n_degs, progress=False, **check_kwargs
     )
     check_seconds = time.perf_counter() - start
-    sctrvae.tl.hedge(model, written, check, group, "pred")
+    sctrvae.tl.hedge(model, written, check, group, "pred", untested=untested)
     record = written.uns["pred_hedged"]
 
     real, source_mean, degs = held.real_change, held.source_mean, held.deg_mask
@@ -167,7 +169,9 @@ def hedge_scores(evidence: dict) -> dict:
     }
 
 
-def run(design: str, seeds: list[int], out: Path) -> None:
+def run(
+    design: str, seeds: list[int], out: Path, check_kwargs: dict, untested: str = "record"
+) -> None:
     adata, group, n_degs = load(design)
     data = GroupedData(adata, group, CONDITION, SOURCE, TARGET, n_degs)
     rows_path, verdicts_path = out / f"{design}.csv", out / f"{design}_verdicts.csv"
@@ -177,7 +181,7 @@ def run(design: str, seeds: list[int], out: Path) -> None:
         for t in adata.obs[group].cat.categories.astype(str):
             if ((rows.seed == seed) & (rows.group == t)).any():
                 continue
-            row, checked, evidence = run_group(data, group, t, seed)
+            row, checked, evidence = run_group(data, group, t, seed, check_kwargs, untested)
             np.savez_compressed(out / f"{design}_seed{seed}_{t}.npz", **evidence)
             rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
             verdicts = pd.concat([verdicts, checked], ignore_index=True)
@@ -412,7 +416,12 @@ def main() -> None:
     parser.add_argument(
         "--timing", type=int, metavar="REPEATS", help="time the check against a fit instead"
     )
+    parser.add_argument("--check-repeats", type=int, help="the check's n_repeats (default its)")
+    parser.add_argument(
+        "--untested", default="record", choices=["record", "reliability"], help="tl.hedge's"
+    )
     args = parser.parse_args()
+    check_kwargs = {} if args.check_repeats is None else {"n_repeats": args.check_repeats}
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -425,7 +434,7 @@ def main() -> None:
         return
     if not args.report:
         for design in args.designs:
-            run(design, args.seeds, args.out)
+            run(design, args.seeds, args.out, check_kwargs, args.untested)
     (args.out.parent / "transfer.md").write_text(report(args.out))
 
 

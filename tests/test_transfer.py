@@ -353,6 +353,21 @@ def test_hedge_sets_aside_untested_lending_and_widens_by_it(fitted, check):
     )
 
 
+def test_hedge_can_trust_an_untested_look_alike_by_its_reliability(fitted, check):
+    model, data, source = _predict(fitted)
+    coverage = _coverage(model, data, source)
+    # lending untested; the look-alike's own response was predicted (reliability 0.9)
+    untested = check.assign(reliability=0.9, lent=0.0)
+    sctrvae.tl.hedge(model, data, untested, "patient", "pred", untested="reliability")
+    a = coverage * (1 - 0.9)
+    a = a / max(1.0, a.sum())
+    kept = data.uns["pred_hedged"]["weights"][HELD_OUT]
+    assert kept == pytest.approx(1.0 - a.sum())
+    # the default trusts it only as far as the lending record, 0 where nothing was tested
+    sctrvae.tl.hedge(model, data, untested, "patient", "pred", key_added="by_record")
+    assert data.uns["by_record"]["weights"][HELD_OUT] < 0.5 < kept
+
+
 def test_hedge_with_trusted_look_alikes_keeps_the_model(fitted, check):
     model, data, source = _predict(fitted)
     sctrvae.tl.hedge(
@@ -389,6 +404,25 @@ def test_lending_weights_trust_only_tested_lending():
     # covers summing above 1 are scaled to 1
     crowded = pd.Series({"look_alike": 0.9, "apart": 0.9, "far": 0.2})
     assert sctrvae.tl.lending_weights(crowded, reliable, untested).sum() == pytest.approx(1.0)
+
+
+def test_untested_lenders_can_be_trusted_by_their_own_reliability():
+    coverage = pd.Series({"look_alike": 0.8, "apart": 0.1, "far": 0.0})
+    reliability = pd.Series({"look_alike": 0.25, "apart": 1.0, "far": 0.5})
+    untested = pd.Series(0.0, index=coverage.index)
+
+    def weights(lent, rule):
+        return sctrvae.tl.lending_weights(coverage, reliability, lent, untested=rule)
+
+    # nothing tested: the record is 0, so "record" distrusts every lender alike
+    np.testing.assert_allclose(weights(untested, "record"), [0.8, 0.1, 0.0])
+    # "reliability": each lender as far as the check predicted its own response
+    np.testing.assert_allclose(weights(untested, "reliability"), [0.8 * 0.75, 0.0, 0.0])
+    # tested lending reads the reliability under either rule
+    tested = pd.Series(1.0, index=coverage.index)
+    np.testing.assert_allclose(weights(tested, "record"), weights(tested, "reliability"))
+    with pytest.raises(ValueError, match="untested must be"):
+        weights(untested, "always")
 
 
 def test_donor_coverage_of_a_mixed_and_a_distant_group():

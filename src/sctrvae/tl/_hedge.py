@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -14,21 +16,31 @@ from ._held_out import shared_changes
 from ._similarity import group_changes
 
 
-def lending_weights(coverage: pd.Series, reliability: pd.Series, lent: pd.Series) -> pd.Series:
+def lending_weights(
+    coverage: pd.Series,
+    reliability: pd.Series,
+    lent: pd.Series,
+    untested: Literal["record", "reliability"] = "record",
+) -> pd.Series:
     """How much of a predicted group's response rests on each look-alike's untrusted lending.
 
     ``coverage`` (training groups covering the predicted group, :func:`donor_coverage`),
     ``reliability`` and ``lent`` (the checked groups' columns of
     :func:`~sctrvae.tl.transfer_check`), indexed by group. A look-alike ``g`` is trusted to
     lend its response as far as the check tested lending to ``g`` and the model then beat the
-    shared response (``lent_g · reliability_g``); for the rest, as far as the check saw lending
-    succeed anywhere, the lending record ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)``
-    (0 where the check never saw a look-alike lend). Returns
-    ``a_g = coverage_g · (1 − trust_g)``, scaled to sum to at most 1.
+    shared response (``lent_g · reliability_g``); for the rest (``untested``), with
+    ``"record"``, as far as the check saw lending succeed anywhere, the lending record
+    ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)`` (0 where the check never saw a
+    look-alike lend), or with ``"reliability"``, as far as the check's refits predicted ``g``'s
+    own response from the other groups (``reliability_g``: a response they could predict is not
+    ``g``'s alone). Returns ``a_g = coverage_g · (1 − trust_g)``, scaled to sum to at most 1.
     """
+    if untested not in ("record", "reliability"):
+        raise ValueError(f"untested must be 'record' or 'reliability', got {untested!r}.")
     lent = lent.reindex(reliability.index).fillna(0.0)
     record = float(lent @ reliability / (lent.sum() + 1.0))
-    trust = lent * reliability + (1.0 - lent) * record
+    fallback = record if untested == "record" else reliability
+    trust = lent * reliability + (1.0 - lent) * fallback
     weights = coverage.reindex(reliability.index).fillna(0.0) * (1.0 - trust)
     return weights / max(1.0, float(weights.sum()))
 
@@ -61,6 +73,7 @@ def hedge(
     layer: str,
     shared: str = "median_shift",
     n_neighbors: int = 30,
+    untested: Literal["record", "reliability"] = "record",
     key_added: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
@@ -111,6 +124,11 @@ def hedge(
         ``"mean_shift"`` or ``"median_shift"``: the shared response hedged toward.
     n_neighbors
         Neighbours in ``z`` that decide how far each training group covers a predicted group.
+    untested
+        Trust in a look-alike whose lending the check did not test: ``"record"`` (the check's
+        lending record ``L``) or ``"reliability"`` (the look-alike's own reliability), see
+        :func:`lending_weights`. ``benchmarks/results/check_strength.md`` measures the second
+        with stronger checks; the default is the first.
     key_added
         Layer to write the hedged prediction to; default ``f"{layer}_hedged"``.
     copy
@@ -164,7 +182,9 @@ def hedge(
         others = train_groups[is_donor] != t  # a group never lends to itself
         z = model.get_latent_representation(adata, indices=cells)
         coverage = donor_coverage(z, donors_z[others], train_groups[is_donor][others], n_neighbors)
-        lent_by[t] = lending_weights(coverage, per_group["reliability"], per_group["lent"])
+        lent_by[t] = lending_weights(
+            coverage, per_group["reliability"], per_group["lent"], untested
+        )
         weights[t] = 1.0 - float(lent_by[t].sum())
         values = np.asarray(predicted[cells], dtype=np.float64)  # this group's rows only
         model_change = values.mean(0) - log1p_normalize(counts[cells]).mean(0)
