@@ -216,12 +216,15 @@ def verdict_stability(verdicts: pd.DataFrame) -> tuple[float, float]:
     return float(np.mean(agree)), float((verdicts.verdict == "undecided").mean())
 
 
-def report(out: Path) -> str:
+def report(out: Path, options: str = "") -> str:
+    """The report of the runs stored in ``out``; ``options``: those of the run, if not default."""
+    run = f"python benchmarks/transfer.py{options}"
+    stored = out.relative_to(ROOT) if out.is_absolute() else out
     lines = [
         "# The trust workflow on held-out groups",
         "",
-        "Regenerate: `python benchmarks/transfer.py` (its docstring says what runs); "
-        "`--report` rewrites this page from `benchmarks/results/transfer/`.",
+        f"Regenerate: `{run}` (its docstring says what runs); "
+        f"`--report` rewrites this page from `{stored}/`.",
         "",
     ]
     for design in DESIGNS:
@@ -435,7 +438,10 @@ def main() -> None:
     if not args.report:
         for design in args.designs:
             run(design, args.seeds, args.out, check_kwargs, args.untested)
-    (args.out.parent / "transfer.md").write_text(report(args.out))
+    options = "" if args.check_repeats is None else f" --check-repeats {args.check_repeats}"
+    options += "" if args.untested == "record" else f" --untested {args.untested}"
+    options += "" if args.out == OUT / "transfer" else f" --out {args.out}"
+    (args.out.parent / "transfer.md").write_text(report(args.out, options))
 
 
 if __name__ == "__main__":
