@@ -65,6 +65,23 @@ def parser(
     return options
 
 
+def default_fit(train, seed: int, condition_key: str = "condition"):
+    """The default model trained on ``train`` with ``scvi.settings.seed = seed``, and the
+    seconds ``train()`` took."""
+    import time
+
+    import scvi
+
+    import sctrvae
+
+    scvi.settings.seed = seed
+    sctrvae.TRVAEModel.setup_anndata(train, condition_key=condition_key)
+    model = sctrvae.TRVAEModel(train)
+    start = time.perf_counter()
+    model.train(enable_progress_bar=False)
+    return model, time.perf_counter() - start
+
+
 def quiet() -> None:
     """Silence warnings and the training loggers: a benchmark's output is its report."""
     warnings.filterwarnings("ignore")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from _common import RESULTS, parser, quiet, report_header
+from _common import RESULTS, default_fit, parser, quiet, report_header
 
 #: name: (n_repeats, refit steps as a multiple of the default refit's; None: the check's own).
 CHECKS = {
@@ -37,8 +37,6 @@ DESIGNS = ("unlike", "alike")
 
 
 def run(seeds: list[int]) -> list[dict]:
-    import scvi
-
     import sctrvae
 
     rows = []
@@ -47,12 +45,7 @@ def run(seeds: list[int]) -> list[dict]:
         held = (adata.obs["patient"] == "patient_4") & (adata.obs["condition"] == "stimulated")
         train = adata[~held.to_numpy()].copy()
         for seed in seeds:
-            scvi.settings.seed = seed
-            sctrvae.TRVAEModel.setup_anndata(train, condition_key="condition")
-            model = sctrvae.TRVAEModel(train)
-            start = time.perf_counter()
-            model.train(enable_progress_bar=False)
-            fit = time.perf_counter() - start
+            model, fit = default_fit(train, seed)
             default_steps = None
             for name, (repeats, steps) in CHECKS.items():
                 start = time.perf_counter()

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
-import scvi
-from _common import RESULTS, parser, quiet, report_header
+from _common import RESULTS, default_fit, parser, quiet, report_header
 from sklearn.metrics import average_precision_score
 
 import sctrvae
@@ -70,12 +69,7 @@ def fitted_model(train, group: str, seed: int, models: Path | None):
     saved = None if models is None else models / group
     if saved is not None and (saved / "model.pt").exists():
         return sctrvae.TRVAEModel.load(saved, adata=train), float("nan")
-    scvi.settings.seed = seed
-    sctrvae.TRVAEModel.setup_anndata(train, condition_key="condition")
-    model = sctrvae.TRVAEModel(train)
-    start = time.perf_counter()
-    model.train(enable_progress_bar=False)
-    seconds = time.perf_counter() - start
+    model, seconds = default_fit(train, seed)
     if saved is not None:
         model.save(saved, overwrite=True)
     return model, seconds

@@ -47,6 +47,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scvi
+from _common import default_fit
 
 import sctrvae
 from sctrvae._utils import pearson
@@ -73,13 +74,7 @@ def run_group(data: GroupedData, group: str, t: str, seed: int, check_kwargs: di
     """The workflow with ``t``'s stimulated cells held out: one row, and the check's verdicts."""
     ((keep, (held,)),) = data.folds([(t,)])
     adata, source = data.adata, held.source_cells
-    train = adata[keep].copy()
-    scvi.settings.seed = seed
-    sctrvae.TRVAEModel.setup_anndata(train, condition_key=CONDITION)
-    model = sctrvae.TRVAEModel(train)
-    start = time.perf_counter()
-    model.train(enable_progress_bar=False)
-    fit_seconds = time.perf_counter() - start
+    model, fit_seconds = default_fit(adata[keep].copy(), seed, CONDITION)
     written = adata.copy()
     model.predict(
         written,
