@@ -15,7 +15,7 @@ from sctrvae._utils import pearson
 from sctrvae.metrics import log_normalized
 from sctrvae.tl import _transfer_check
 from sctrvae.tl._held_out import grouped_folds
-from sctrvae.tl._transfer_check import margin_verdicts
+from sctrvae.tl._transfer_check import margin_verdicts, refit_margins
 
 HELD_OUT = "patient_3"
 
@@ -51,16 +51,16 @@ def test_transfer_check_table(fitted, check):
     assert check.shape[0] == 9
     assert set(check.method) == {"model", "mean_shift", "median_shift"}
     assert model.adata.uns["transfer_check"] is check
-    # 2 shuffles × 2 folds: every group scored twice, by different refits
-    assert check.attrs["refits"] == 4
-    assert (check.n_scores == 2).all()
+    # 4 shuffles × 2 folds: every group scored four times, by different refits
+    assert check.attrs["refits"] == 8
+    assert (check.n_scores == 4).all()
     per_group = check.groupby("group", sort=False).first()
-    bound = student_t.ppf(0.95, 3)  # pooled over 3 groups × (2 − 1) degrees of freedom
+    bound = student_t.ppf(0.95, 9)  # pooled over 3 groups × (4 − 1) degrees of freedom
     for g, row in per_group.iterrows():
         changes = check.attrs["changes"][g]
         assert set(changes) == {"real", "degs", "model", "mean_shift", "median_shift"}
         assert len(changes["real"]) == model.adata.n_vars
-        assert np.shape(changes["model"]) == (2, model.adata.n_vars)
+        assert np.shape(changes["model"]) == (4, model.adata.n_vars)
         degs = np.zeros(model.adata.n_vars, bool)
         degs[changes["degs"]] = True
         assert degs.sum() == 20
@@ -71,10 +71,10 @@ def test_transfer_check_table(fitted, check):
                 pearson(np.asarray(changes[b][i])[degs], np.asarray(changes["real"])[degs])
                 for b in ("mean_shift", "median_shift")
             )
-            for i in range(2)
+            for i in range(4)
         ]
         assert row.margin == pytest.approx(np.mean(margins), abs=1e-9)
-        assert row.margin_se >= 0.02 / np.sqrt(2) - 1e-12
+        assert row.margin_se >= 0.02 / np.sqrt(4) - 1e-12
         tscore = row.margin / row.margin_se
         expected = (
             "the model beats the shared response here"
@@ -82,7 +82,7 @@ def test_transfer_check_table(fitted, check):
             else ("does not" if tscore < -bound else "undecided")
         )
         assert row.verdict == expected
-        assert row.reliability == pytest.approx(student_t.cdf(tscore, 3))
+        assert row.reliability == pytest.approx(student_t.cdf(tscore, 9))
         assert 0.0 <= row.lent <= 1.0
     assert ((check.r2_mean_deg >= 0) & (check.r2_mean_deg <= 1)).all()
     assert "reliability" in repr(check)  # the per-gene attrs do not break pandas
@@ -195,7 +195,7 @@ def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, 
         progress=False,
         key_added=None,
     )
-    assert len(refits) == 2  # one group, held out once per shuffle
+    assert len(refits) == 4  # one group, held out once per shuffle
     assert set(table.group) == {"patient_0"}
     obs = model.adata.obs
     is_held_out = ((obs.patient == "patient_0") & (obs.condition == "stimulated")).to_numpy()
@@ -213,7 +213,7 @@ def test_transfer_check_refits_like_the_model_without_the_groups_target(fitted, 
         assert refit.trainer.global_step == 5
     # the decoder started from the training cells' profiles, not the held-out ones'
     restarts = [i for i in starts if i is not None]
-    assert len(restarts) == 2
+    assert len(restarts) == 4
     for indices in restarts:
         np.testing.assert_array_equal(indices, np.flatnonzero(~is_held_out))
     start = model.adata[~is_held_out].copy()
@@ -248,8 +248,8 @@ def test_transfer_check_refits_share_two_and_a_half_budgets(fitted, monkeypatch)
     sctrvae.tl.transfer_check(
         model, "patient", "control", "stimulated", n_degs=10, progress=False, key_added=None
     )
-    # a small data set trains the default budget's floor of 420 steps: 2.5 × 420 / 4 refits
-    assert steps == [262] * 4
+    # a small data set trains the default budget's floor of 420 steps: 2.5 × 420 / 8 refits
+    assert steps == [131] * 8
 
 
 def test_transfer_check_rejects_groups_without_both_conditions(fitted):
@@ -263,7 +263,7 @@ def test_transfer_check_plot(check):
     assert len(ax.patches) == 9  # 3 groups × 3 methods
     assert len(ax.texts) == 3
     per_group = check.groupby("group", sort=False).first()
-    half = student_t.ppf(0.95, 3) * per_group.margin_se
+    half = student_t.ppf(0.95, 9) * per_group.margin_se  # 3 groups × (4 − 1) degrees of freedom
     short = {"the model beats the shared response here": "beats"}
     for text, (g, row) in zip(ax.texts, per_group.iterrows(), strict=True):
         verdict = short.get(row.verdict, row.verdict)
@@ -303,10 +303,35 @@ def _coverage(model, data, source):
     )
 
 
+def _table_says(check, **columns):
+    """The check's table with these columns, without the per-refit changes: the hedge then
+    reads the table's reliability instead of recomputing it against its fallback."""
+    table = check.assign(**columns)
+    table.attrs = {}
+    return table
+
+
+def test_hedge_trusts_lenders_against_the_response_it_falls_back_to(fitted, check):
+    model, data, source = _predict(fitted)
+    coverage = _coverage(model, data, source)
+    changes = check.attrs["changes"]
+    for shared in ("median_shift", "mean_shift"):
+        sctrvae.tl.hedge(model, data, check, "patient", "pred", shared=shared, key_added=shared)
+        record = data.uns[shared]
+        expected = margin_verdicts(refit_margins(changes, (shared,)))["reliability"]
+        assert record["reliability"] == pytest.approx(expected.to_dict())
+        a = coverage * (1.0 - expected.reindex(coverage.index))
+        a = a / max(1.0, a.sum())
+        assert record["weights"][HELD_OUT] == pytest.approx(1.0 - a.sum())
+    # the check's own verdicts are against the better of the two baselines in each refit
+    per_group = check.groupby("group", sort=False).first()
+    best = margin_verdicts(refit_margins(changes))
+    np.testing.assert_allclose(per_group.reliability, best.reliability.reindex(per_group.index))
+
+
 def test_hedge_with_untrusted_look_alikes_returns_the_shared_response(fitted, check):
     model, data, source = _predict(fitted)
-    unreliable = check.assign(reliability=0.0)
-    sctrvae.tl.hedge(model, data, unreliable, "patient", "pred")
+    sctrvae.tl.hedge(model, data, _table_says(check, reliability=0.0), "patient", "pred")
     assert data.uns["pred_hedged"]["weights"] == {HELD_OUT: 0.0}
     hedged = _changes(data, source, "pred_hedged")
     _, changes = sctrvae.tl.group_changes(
@@ -326,9 +351,10 @@ def test_hedge_sets_aside_untested_lending_and_widens_by_it(fitted, check):
     coverage = _coverage(model, data, source)
     assert coverage["patient_2"] > 0.5
     assert coverage.drop("patient_2").max() < 0.2
-    # the check tested no lending (lent 0): even reliable look-alikes are not trusted to lend
+    # the check tested no lending (lent 0): by the lending record, even reliable look-alikes
+    # are not trusted to lend
     untested = check.assign(reliability=1.0, lent=0.0)
-    sctrvae.tl.hedge(model, data, untested, "patient", "pred")
+    sctrvae.tl.hedge(model, data, untested, "patient", "pred", untested="record")
     record = data.uns["pred_hedged"]
     a = coverage / max(1.0, coverage.sum())
     w = 1.0 - a.sum()
@@ -345,7 +371,9 @@ def test_hedge_sets_aside_untested_lending_and_widens_by_it(fitted, check):
     # the interval spans, on each side, what the hedge set aside
     others = [c for g, c in check.attrs["changes"].items() if g != HELD_OUT]
     calibrated = sctrvae.tl.interval_se(
-        [np.subtract(c["real"], c["model"]) for c in others], [c["degs"] for c in others]
+        [np.subtract(c["real"], c["model"]) for c in others],
+        [c["degs"] for c in others],
+        [c["real"] for c in others],
     )
     set_aside = (1 - w) * np.abs(model_change - shared)
     np.testing.assert_allclose(
@@ -353,57 +381,67 @@ def test_hedge_sets_aside_untested_lending_and_widens_by_it(fitted, check):
     )
 
 
-def test_hedge_can_trust_an_untested_look_alike_by_its_reliability(fitted, check):
+def test_hedge_trusts_an_untested_look_alike_by_its_reliability(fitted, check):
     model, data, source = _predict(fitted)
     coverage = _coverage(model, data, source)
     # lending untested; the look-alike's own response was predicted (reliability 0.9)
-    untested = check.assign(reliability=0.9, lent=0.0)
-    sctrvae.tl.hedge(model, data, untested, "patient", "pred", untested="reliability")
+    untested = _table_says(check, reliability=0.9, lent=0.0)
+    sctrvae.tl.hedge(model, data, untested, "patient", "pred")
     a = coverage * (1 - 0.9)
     a = a / max(1.0, a.sum())
     kept = data.uns["pred_hedged"]["weights"][HELD_OUT]
     assert kept == pytest.approx(1.0 - a.sum())
-    # the default trusts it only as far as the lending record, 0 where nothing was tested
-    sctrvae.tl.hedge(model, data, untested, "patient", "pred", key_added="by_record")
+    # by the lending record it is trusted only as far as lending was seen to work: not at all
+    sctrvae.tl.hedge(
+        model, data, untested, "patient", "pred", untested="record", key_added="by_record"
+    )
     assert data.uns["by_record"]["weights"][HELD_OUT] < 0.5 < kept
 
 
 def test_hedge_with_trusted_look_alikes_keeps_the_model(fitted, check):
     model, data, source = _predict(fitted)
     sctrvae.tl.hedge(
-        model, data, check.assign(reliability=1.0, lent=1.0), "patient", "pred", key_added="kept"
+        model,
+        data,
+        _table_says(check, reliability=1.0, lent=1.0),
+        "patient",
+        "pred",
+        key_added="kept",
     )
     assert data.uns["kept"]["weights"][HELD_OUT] == pytest.approx(1.0)
     np.testing.assert_allclose(data.layers["kept"][source], data.layers["pred"][source], atol=1e-5)
 
 
-def test_lending_weights_trust_only_tested_lending():
+def test_lending_record_trusts_only_tested_lending():
     coverage = pd.Series({"look_alike": 0.8, "apart": 0.1, "far": 0.0})
     reliable = pd.Series(1.0, index=coverage.index)
     # lending tested everywhere and the look-alike beat the shared response: nothing rests on
     # untrusted lending
     tested = pd.Series(1.0, index=coverage.index)
-    assert sctrvae.tl.lending_weights(coverage, reliable, tested).sum() == 0.0
+    assert sctrvae.tl.lending_weights(coverage, reliable, tested, "record").sum() == 0.0
     # the look-alike failed where its lending was tested: its cover is lost
     failed = reliable.copy()
     failed["look_alike"] = 0.0
-    weights = sctrvae.tl.lending_weights(coverage, failed, tested)
+    weights = sctrvae.tl.lending_weights(coverage, failed, tested, "record")
     # lending record L = 2 / (3 + 1): the other groups' lending succeeded
     np.testing.assert_allclose(weights, [0.8, 0.0, 0.0])
     # nothing tested lending: a reliable look-alike is trusted only as far as the record (0)
     untested = pd.Series(0.0, index=coverage.index)
     np.testing.assert_allclose(
-        sctrvae.tl.lending_weights(coverage, reliable, untested), [0.8, 0.1, 0.0]
+        sctrvae.tl.lending_weights(coverage, reliable, untested, "record"), [0.8, 0.1, 0.0]
     )
     # untested look-alike, lending seen to work elsewhere: trusted as far as that record
     partly = pd.Series({"look_alike": 0.0, "apart": 1.0, "far": 1.0})
     record = 2.0 / 3.0
     np.testing.assert_allclose(
-        sctrvae.tl.lending_weights(coverage, reliable, partly), [0.8 * (1 - record), 0.0, 0.0]
+        sctrvae.tl.lending_weights(coverage, reliable, partly, "record"),
+        [0.8 * (1 - record), 0.0, 0.0],
     )
     # covers summing above 1 are scaled to 1
     crowded = pd.Series({"look_alike": 0.9, "apart": 0.9, "far": 0.2})
-    assert sctrvae.tl.lending_weights(crowded, reliable, untested).sum() == pytest.approx(1.0)
+    assert sctrvae.tl.lending_weights(crowded, reliable, untested, "record").sum() == pytest.approx(
+        1.0
+    )
 
 
 def test_untested_lenders_can_be_trusted_by_their_own_reliability():
@@ -416,8 +454,12 @@ def test_untested_lenders_can_be_trusted_by_their_own_reliability():
 
     # nothing tested: the record is 0, so "record" distrusts every lender alike
     np.testing.assert_allclose(weights(untested, "record"), [0.8, 0.1, 0.0])
-    # "reliability": each lender as far as the check predicted its own response
+    # "reliability" (the default): each lender as far as the check predicted its own response
     np.testing.assert_allclose(weights(untested, "reliability"), [0.8 * 0.75, 0.0, 0.0])
+    np.testing.assert_allclose(
+        sctrvae.tl.lending_weights(coverage, reliability, untested),
+        weights(untested, "reliability"),
+    )
     # tested lending reads the reliability under either rule
     tested = pd.Series(1.0, index=coverage.index)
     np.testing.assert_allclose(weights(tested, "record"), weights(tested, "reliability"))
@@ -467,13 +509,14 @@ def test_interval_se_covers_the_worst_checked_group():
     rng = np.random.default_rng(0)
     n_genes = 400
     degs = [rng.choice(n_genes, 40, replace=False) for _ in range(4)]
+    alike = [np.zeros(n_genes)] * 4  # the groups respond alike: no between-group spread
     residuals = []
     for g in range(4):
         errors = rng.normal(0.0, 0.1, (2, n_genes))
         if g == 3:  # a group the model got wrong on its own DEGs
             errors[:, degs[g]] = rng.normal(0.0, 1.0, (2, 40))
         residuals.append(errors)
-    se = sctrvae.tl.interval_se(residuals, degs)
+    se = sctrvae.tl.interval_se(residuals, degs, alike)
     for g in range(4):
         inside = np.abs(residuals[g]) <= 1.645 * se
         assert inside[:, degs[g]].mean() >= 0.88
@@ -482,15 +525,46 @@ def test_interval_se_covers_the_worst_checked_group():
     pooled = sctrvae.tl.change_se(np.vstack(residuals))
     assert (np.abs(residuals[3][:, degs[3]]) <= 1.645 * pooled[degs[3]]).mean() < 0.8
     # intervals stay narrow where every checked group was predicted well
-    calm = sctrvae.tl.interval_se(residuals[:3], degs[:3])
+    calm = sctrvae.tl.interval_se(residuals[:3], degs[:3], alike[:3])
     assert np.median(calm) < 0.5 * np.median(se)
+
+
+def test_interval_se_covers_each_refit_not_their_average():
+    rng = np.random.default_rng(1)
+    n_genes = 400
+    degs = [rng.choice(n_genes, 40, replace=False) for _ in range(3)]
+    alike = [np.zeros(n_genes)] * 3
+    residuals = [rng.normal(0.0, 0.1, (4, n_genes)) for _ in range(3)]
+    # one of group 0's four refits erred on its DEGs: a new group's single model may too
+    residuals[0][1, degs[0]] = rng.normal(0.0, 0.6, 40)
+    se = sctrvae.tl.interval_se(residuals, degs, alike)
+    assert (np.abs(residuals[0][1, degs[0]]) <= 1.645 * se[degs[0]]).mean() >= 0.9
+
+
+def test_interval_se_adds_the_spread_of_the_groups_responses():
+    rng = np.random.default_rng(2)
+    n_genes = 300
+    degs = [rng.choice(n_genes, 30, replace=False) for _ in range(4)]
+    residuals = [rng.normal(0.0, 0.1, (2, n_genes)) for _ in range(4)]
+    alike = [np.zeros(n_genes)] * 4
+    # the checked groups respond apart on the first 50 genes: a new group may too
+    responses = [np.zeros(n_genes) for _ in range(4)]
+    for g, r in enumerate(responses):
+        r[:50] = [-1.5, -0.5, 0.5, 1.5][g]
+    measured = sctrvae.tl.interval_se(residuals, degs, alike)
+    se = sctrvae.tl.interval_se(residuals, degs, responses)
+    spread = np.std([-1.5, -0.5, 0.5, 1.5], ddof=1)
+    np.testing.assert_allclose(se[:50], np.sqrt(measured[:50] ** 2 + spread**2))
+    np.testing.assert_allclose(se[50:], measured[50:])
 
 
 def test_differential_response_of_an_unmeasured_group_follows_the_check(fitted, check):
     model, _ = fitted
     others = [c for g, c in check.attrs["changes"].items() if g != HELD_OUT]
     expected = sctrvae.tl.interval_se(
-        [np.subtract(c["real"], c["model"]) for c in others], [c["degs"] for c in others]
+        [np.subtract(c["real"], c["model"]) for c in others],
+        [c["degs"] for c in others],
+        [c["real"] for c in others],
     ) / np.log(2.0)
     scvi.settings.seed = 0
     plain = model.differential_response(None, "patient", "control", "stimulated", n_samples=4)
@@ -588,6 +662,14 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
         return predicted_change(refit, adata, group, target, readout, n_samples, cells)
 
     monkeypatch.setattr(_transfer_check, "predicted_change", spy)
+    covers = []
+    donor_coverage = _transfer_check.donor_coverage
+
+    def cover_spy(z, donors_z, donor_groups, *args):
+        covers.append((len(z), pd.Series(donor_groups).value_counts()))
+        return donor_coverage(z, donors_z, donor_groups, *args)
+
+    monkeypatch.setattr(_transfer_check, "donor_coverage", cover_spy)
     monkeypatch.setattr(_transfer_check, "CHECK_MAX_CELLS", 30)
     store = sctrvae.TRVAEModel._setup_adata_manager_store
     before = len(store)
@@ -598,10 +680,17 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
         assert cells.size == 30
         assert np.unique(cells).size == 30
         assert np.isin(cells, group.source_cells).all()
-    # the same subset in both repeats: the shuffles of the folds do not move it
+    # the same subset in every repeat: the shuffles of the folds do not move it
     by_group = {}
     for group, cells in predicted:
         by_group.setdefault(group.name, []).append(cells)
-    assert all(np.array_equal(*c) for c in by_group.values())
+    assert all(len(c) == 4 for c in by_group.values())
+    assert all(np.array_equal(c[0], other) for c in by_group.values() for other in c[1:])
+    # the cover of a held-out group is read on the same subset, among subsets of the lenders
+    assert len(covers) == len(predicted)
+    for queries, lenders in covers:
+        assert queries == 30
+        assert (lenders == 30).all()
+        assert 1 <= len(lenders) <= 2
     # one registration for the refits' shared AnnData; none per prediction
     assert len(store) - before <= 1

@@ -97,11 +97,14 @@ MAX_STEPS = 4000
 
 #: Refits of :func:`~sctrvae.tl.transfer_check` by default: ``CHECK_REPEATS`` shuffles of the
 #: checked groups, each cut into ``CHECK_FOLDS`` folds that one refit holds out together, so
-#: every group is scored ``CHECK_REPEATS`` times by different refits.
+#: every group is scored ``CHECK_REPEATS`` times by different refits. Eight short refits
+#: rather than four longer ones at the same budget: they tell a look-alike whose response is
+#: its own from one that responds like the rest (``benchmarks/results/check_strength.md``).
 CHECK_FOLDS = 2
-CHECK_REPEATS = 2
+CHECK_REPEATS = 4
 #: The refits of a check share this many default training budgets (in optimiser steps); the
-#: predictions and set-up of each refit come on top, within three fits' time in all.
+#: predictions and set-up of each refit come on top: about three fits' time in all, more on
+#: large data, where each refit's set-up grows with the cells (3.4× at 200,000 cells).
 CHECK_BUDGET_FITS = 2.5
 #: Draws per cell of the check's predictions (a sampling readout, ``n_samples=None``): at most
 #: ``CHECK_MAX_DRAWS``, and no more than give each held-out group ``CHECK_GROUP_DRAWS`` draws. A
@@ -109,9 +112,10 @@ CHECK_BUDGET_FITS = 2.5
 #: groups of 1,500 cells or more one.
 CHECK_MAX_DRAWS = 5
 CHECK_GROUP_DRAWS = 1_500
-#: Source cells of a group the check predicts, at most (a random subset, scored against its own
-#: mean): the score reads the group's mean change, which 2,000 cells estimate as well as 20,000.
-CHECK_MAX_CELLS = 2_000
+#: Source cells of a group the check reads, at most (a random subset): it predicts them (scored
+#: against their own mean: the score reads the group's mean change, which 1,000 cells estimate
+#: about as well as 20,000) and places them among the lenders whose cover ``lent`` measures.
+CHECK_MAX_CELLS = 1_000
 #: Two-sided level at which a check's verdict is called; a margin whose interval holds 0 is
 #: "undecided".
 VERDICT_LEVEL = 0.9

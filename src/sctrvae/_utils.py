@@ -244,27 +244,35 @@ def change_se(residuals: np.ndarray, prior_groups: float = PRIOR_GROUPS) -> np.n
 
 
 def interval_se(
-    residuals: Sequence[np.ndarray], degs: Sequence[np.ndarray], level: float = 0.9
+    residuals: Sequence[np.ndarray],
+    degs: Sequence[np.ndarray],
+    responses: Sequence[np.ndarray],
+    level: float = 0.9,
 ) -> np.ndarray:
     """Per-gene standard error of a new group's change, calibrated on the checked groups.
 
-    ``residuals``: per checked group, its real minus predicted change in each refit that scored
-    it (refits × genes); ``degs``: per checked group, the positions of its DEGs. The per-gene
-    scale is :func:`change_se` of all residuals. Each group's radius is the multiple of that
-    scale its residuals need for ``level`` of its DEGs, and of all its genes, to lie within
-    (averaged over its refits); the largest radius over the groups sets the interval: a new
-    group exchangeable with the checked ones needs more with probability at most ``1/(k + 1)``
-    (``k`` groups), and one group the model got wrong, a look-alike above all, widens every
-    interval. Returned as a standard error: the ``level`` interval is ``change ± z · se`` with
-    ``z`` the normal quantile (1.645 at 90%).
+    Two parts, added in quadrature. What the check measured: ``residuals``, per checked group,
+    its real minus predicted change in each refit that scored it (refits × genes), and
+    ``degs``, per checked group, the positions of its DEGs. The per-gene scale is
+    :func:`change_se` of all residuals; each refit's radius is the multiple of that scale its
+    residuals need for ``level`` of its group's DEGs, and of all its genes, to lie within, and
+    the largest radius over refits and groups sets this part. A new group's change comes from
+    one model, so it is compared with single refits rather than their average; one group the
+    model got wrong, a look-alike above all, widens every interval. What the check cannot
+    measure: how far a new group's response lies from the checked groups' (``k`` groups bound
+    a new one only up to ``1/(k + 1)``), taken as their between-group standard deviation per
+    gene (``responses``: each checked group's real change). Returned as a standard error: the
+    ``level`` interval is ``change ± z · se`` with ``z`` the normal quantile (1.645 at 90%).
     """
     z = float(norm.ppf(0.5 + level / 2))
     scale = change_se(np.vstack(residuals))
-    radii = []
+    radius = 0.0
     for errors, positions in zip(residuals, degs, strict=True):
         ratio = np.abs(np.atleast_2d(errors)) / scale
         need = np.maximum(
             np.quantile(ratio[:, positions], level, axis=1), np.quantile(ratio, level, axis=1)
         )
-        radii.append(need.mean())
-    return scale * max(radii) / z
+        radius = max(radius, float(need.max()))
+    responses = np.vstack(responses)
+    spread = responses.std(axis=0, ddof=1) if len(responses) > 1 else 0.0
+    return np.sqrt((scale * radius / z) ** 2 + spread**2)

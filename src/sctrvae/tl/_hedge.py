@@ -1,4 +1,4 @@
-"""Hedge a prediction toward the shared response where it rests on untested lending."""
+"""Hedge a prediction toward the shared response where it rests on untrusted lending."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from ..metrics import log1p_normalize
 from ._coverage import donor_coverage
 from ._held_out import shared_changes
 from ._similarity import group_changes
+from ._transfer_check import margin_verdicts, refit_margins
 
 
 def lending_weights(
     coverage: pd.Series,
     reliability: pd.Series,
     lent: pd.Series,
-    untested: Literal["record", "reliability"] = "record",
+    untested: Literal["reliability", "record"] = "reliability",
 ) -> pd.Series:
     """How much of a predicted group's response rests on each look-alike's untrusted lending.
 
@@ -29,11 +30,12 @@ def lending_weights(
     :func:`~sctrvae.tl.transfer_check`), indexed by group. A look-alike ``g`` is trusted to
     lend its response as far as the check tested lending to ``g`` and the model then beat the
     shared response (``lent_g · reliability_g``); for the rest (``untested``), with
-    ``"record"``, as far as the check saw lending succeed anywhere, the lending record
-    ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)`` (0 where the check never saw a
-    look-alike lend), or with ``"reliability"``, as far as the check's refits predicted ``g``'s
-    own response from the other groups (``reliability_g``: a response they could predict is not
-    ``g``'s alone). Returns ``a_g = coverage_g · (1 − trust_g)``, scaled to sum to at most 1.
+    ``"reliability"`` (the default), as far as the check's refits predicted ``g``'s own
+    response from the other groups (``reliability_g``: a response they could predict is not
+    ``g``'s alone), or with ``"record"``, as far as the check saw lending succeed anywhere, the
+    lending record ``L = Σ_h lent_h · reliability_h / (Σ_h lent_h + 1)`` (0 where the check
+    never saw a look-alike lend). Returns ``a_g = coverage_g · (1 − trust_g)``, scaled to sum
+    to at most 1.
     """
     if untested not in ("record", "reliability"):
         raise ValueError(f"untested must be 'record' or 'reliability', got {untested!r}.")
@@ -51,8 +53,9 @@ def hedged_change_se(
     """A predicted group's hedged mean change and its standard error (see :func:`hedge`).
 
     The change is ``shared + weight · (model − shared)``. Its standard error adds to the checked
-    groups' calibrated held-out error (:func:`interval_se` of their real minus refitted changes;
-    ``checked``: the entries of ``check.attrs["changes"]`` other than the predicted group)
+    groups' calibrated held-out error and between-group spread (:func:`interval_se` of their
+    real minus refitted changes and of their real changes; ``checked``: the entries of
+    ``check.attrs["changes"]`` other than the predicted group)
     what the weight set aside, ``(1 − weight) · |model − shared| / 1.645``: a 90% interval spans
     the hedged-away part of the model's prediction on each side. ``None`` without checked groups.
     """
@@ -60,7 +63,9 @@ def hedged_change_se(
     if not checked:
         return change, None
     residuals = [np.subtract(c["real"], c["model"]) for c in checked.values()]
-    calibrated = interval_se(residuals, [c["degs"] for c in checked.values()])
+    calibrated = interval_se(
+        residuals, [c["degs"] for c in checked.values()], [c["real"] for c in checked.values()]
+    )
     set_aside = (1.0 - weight) * np.abs(model_change - shared_change) / norm.ppf(0.95)
     return change, calibrated + set_aside
 
@@ -73,7 +78,7 @@ def hedge(
     layer: str,
     shared: str = "median_shift",
     n_neighbors: int = 30,
-    untested: Literal["record", "reliability"] = "record",
+    untested: Literal["reliability", "record"] = "reliability",
     key_added: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
@@ -92,19 +97,25 @@ def hedge(
     a group apart. A group far from every training group keeps the model's prediction, which
     then comes from what the model learned across groups rather than from one look-alike.
     ``trust_g`` is what the check of :func:`sctrvae.tl.transfer_check` says of lending ``g``'s
-    response: where its refits tested lending to ``g`` (``lent_g``: ``g`` was covered by
-    treated look-alikes) it is ``reliability_g``, the probability that the refits beat the
-    shared response on ``g``; where lending to ``g`` was never tested, it is the check's
-    lending record ``L`` (how often tested lending succeeded; 0 where nothing was tested, as
-    among patients that all differ at baseline). A look-alike's response is lent to ``t`` only
-    as far as lending was seen to work. Every predicted cell is shifted by the change's
-    correction (clipped at 0).
+    response: ``reliability_g``, the probability that the check's refits beat, on ``g``, the
+    shared response the hedge falls back to (``shared``; computed from the refits' changes in
+    ``check.attrs["changes"]`` with the check's pooled spread, else the table's ``reliability``,
+    which is against the better of the two baselines). Where the refits tested lending to ``g``
+    (``lent_g``: ``g`` was covered by treated look-alikes), that lending worked; where they
+    could not (``g``'s look-alikes were held out with it, or ``g``'s only look-alike is ``t``),
+    the refits predicted ``g``'s response from the other groups, so it is not ``g``'s alone.
+    ``untested="record"`` trusts the untested part by the check's lending record ``L`` instead
+    (how often tested lending succeeded; 0 where nothing was tested), which hedges every
+    untested look-alike. A look-alike's response is lent to ``t`` only as far as the check
+    trusts it. Every predicted cell is shifted by the change's correction (clipped at 0).
 
     The per-gene interval of the hedged change (``change_se``, :func:`hedged_change_se`) adds
-    two parts: the refits' held-out errors on the checked groups, calibrated so that the
-    worst-predicted checked group's DEGs and genes are covered (:func:`interval_se`), and, on
+    two parts. The first is :func:`interval_se`: the refits' held-out errors on the checked
+    groups, calibrated so that the worst-predicted refit's DEGs and genes are covered, with, in
+    quadrature, the checked groups' between-group spread of response (how far a new group's
+    response may lie from theirs, which no check of those groups measures). The second is, on
     each side, the part of the model's prediction the hedge set aside: where lending a
-    look-alike's response was never tested, the truth may lie on either side of the shared
+    look-alike's response was not trusted, the truth may lie on either side of the shared
     response.
 
     Parameters
@@ -125,10 +136,9 @@ def hedge(
     n_neighbors
         Neighbours in ``z`` that decide how far each training group covers a predicted group.
     untested
-        Trust in a look-alike whose lending the check did not test: ``"record"`` (the check's
-        lending record ``L``) or ``"reliability"`` (the look-alike's own reliability), see
-        :func:`lending_weights`. ``benchmarks/results/check_strength.md`` measures the second
-        with stronger checks; the default is the first.
+        Trust in a look-alike whose lending the check did not test: ``"reliability"`` (its own
+        reliability, the default) or ``"record"`` (the check's lending record ``L``), see
+        :func:`lending_weights` and ``docs/transfer.md`` for what each gave on every design.
     key_added
         Layer to write the hedged prediction to; default ``f"{layer}_hedged"``.
     copy
@@ -140,6 +150,7 @@ def hedge(
     and ``adata.uns[key_added]``: ``"weights"`` (per group, the share of the model's own
     prediction kept, ``1 − Σ_g a_g``), ``"lending"`` (predicted groups × checked groups: each
     ``a_g``, the share of the prediction that fell back for look-alike ``g``),
+    ``"reliability"`` (per checked group, ``reliability_g`` as the hedge read it),
     ``"target_condition"``, ``"readout": "hedged"``,
     ``"layer"``, ``"shared"``, and, when ``check`` carries the per-gene changes of
     :func:`~sctrvae.tl.transfer_check` (``check.attrs["changes"]``), ``"change"`` and
@@ -164,6 +175,11 @@ def hedge(
     if len(sources) != 1:
         raise ValueError(f"The predicted cells must share one condition, found {list(sources)}.")
     per_group = check.groupby("group", sort=False)[["reliability", "lent"]].first()
+    if check.attrs.get("changes"):
+        # trust a lender as far as the refits beat the response the hedge falls back to
+        per_group["reliability"] = margin_verdicts(
+            refit_margins(check.attrs["changes"], (shared,))
+        )["reliability"]
 
     train = model.adata
     _, changes = group_changes(train, groupby, condition_key, sources[0], target)
@@ -201,6 +217,7 @@ def hedge(
         "shared": shared,
         "weights": weights,
         "lending": pd.DataFrame(lent_by).T,
+        "reliability": per_group["reliability"].to_dict(),
     }
     if se:
         adata.uns[key_added]["change"] = pd.DataFrame(change, index=adata.var_names).T

@@ -24,7 +24,7 @@ from .._constants import (
     READOUTS,
     VERDICT_LEVEL,
 )
-from .._utils import draws_per_cell, quiet_fitting
+from .._utils import draws_per_cell, pearson, quiet_fitting
 from ..train import step_budget, steps_per_epoch
 from ._coverage import donor_coverage
 from ._held_out import (
@@ -77,6 +77,23 @@ def margin_verdicts(margins: pd.DataFrame, level: float = VERDICT_LEVEL) -> pd.D
     )
 
 
+def refit_margins(changes: dict, baselines: Sequence[str] = CHECK_METHODS[1:]) -> pd.DataFrame:
+    """One row per (group, refit): the refit's lead over the best of ``baselines`` on the group.
+
+    ``changes`` is ``check.attrs["changes"]`` of :func:`transfer_check`; the lead is the
+    model's Δ-Pearson over the group's DEGs minus the best baseline's in the same refit
+    (columns ``group``, ``margin``, as :func:`margin_verdicts` reads them).
+    """
+    rows = []
+    for group, c in changes.items():
+        degs = np.asarray(c["degs"], dtype=int)
+        real = np.asarray(c["real"])[degs]
+        for i, model in enumerate(c["model"]):
+            best = max(pearson(np.asarray(c[b][i])[degs], real) for b in baselines)
+            rows.append({"group": group, "margin": pearson(np.asarray(model)[degs], real) - best})
+    return pd.DataFrame(rows)
+
+
 def refit_steps(n_train: int, n_refits: int, train_kwargs: dict) -> int:
     """Optimiser steps of each refit: ``CHECK_BUDGET_FITS`` default budgets shared by them."""
     budget = step_budget(
@@ -120,10 +137,12 @@ def transfer_check(
     small. Where the model does not beat the shared response on the groups you have, do not
     trust it on a group you have not measured.
 
-    **Cost**: ``n_folds × n_repeats`` refits (default 4) that share 2.5 default training
-    budgets (each refit runs ``2.5 / 4`` of the default step budget), plus their predictions:
-    at most about 3× the wall time of ``model.train()`` on the same data
-    (``benchmarks/results/transfer.md`` gives the measured ratio). ``max_steps`` sets each
+    **Cost**: ``n_folds × n_repeats`` refits (default 8) that share 2.5 default training
+    budgets (each refit runs ``2.5 / 8`` of the default step budget), plus their predictions
+    and set-up: about 3× the wall time of ``model.train()`` on the same data (2.6–3.0× on
+    Kang and simulated patients, ``benchmarks/results/transfer_cost.md``; more on large data,
+    where each refit's set-up grows with the cells: 3.4× at 200,000 cells,
+    ``benchmarks/results/workflow_scale.md``). ``max_steps`` sets each
     refit's steps instead; ``groups`` checks a few groups only (they are then the ones cut
     into folds; the other groups stay in every refit).
 
@@ -143,9 +162,10 @@ def transfer_check(
         Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
     readout, n_samples
         Readout of :meth:`~sctrvae.TRVAEModel.predict`. A prediction is scored on its group
-        mean, so at most 2,000 of a group's source cells are predicted (a random subset, against
-        its own mean), and by default (``None``) a sampling readout draws per cell at most 5
-        and no more than give the group 1,500 draws (5 up to 300 cells, 1 from 1,500).
+        mean, so at most 1,000 of a group's source cells are predicted (a random subset, against
+        its own mean; the same subset stands for the group among the lenders of ``lent``), and
+        by default (``None``) a sampling readout draws per cell at most 5 and no more than give
+        the group 1,500 draws (5 up to 300 cells, 1 from 1,500).
     n_folds, n_repeats
         Folds per shuffle (each fold's groups are held out by one refit) and shuffles.
         ``n_folds=len(groups), n_repeats=1`` is leave-one-group-out.
@@ -209,16 +229,17 @@ def transfer_check(
         return draws_per_cell(n_cells, CHECK_GROUP_DRAWS, CHECK_MAX_DRAWS)
 
     rng = np.random.default_rng(random_state)
-    # each group's predicted source cells: all, or a random subset of CHECK_MAX_CELLS
+    # each group's source cells the check reads (predicted when the group is held out, placed
+    # among the lenders when it is treated): all, or a random subset of CHECK_MAX_CELLS
     cells = {}
-    for g in checked:
+    for g in data.groups:
         source = data.group(g).source_cells
         cells[g] = (
             source
             if source.size <= CHECK_MAX_CELLS
             else np.sort(rng.choice(source, CHECK_MAX_CELLS, replace=False))
         )
-    scores, margins, lent = [], [], {}
+    scores, lent = [], {}
     changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
     # the caller's progress bar is the one line a check prints
@@ -228,12 +249,12 @@ def transfer_check(
         for keep, held_out in data.folds(folds):
             split = {**splits, **held_out_split(keep)}
             refit = refit_like(model, shared_data, datasplitter_kwargs=split, **train_kwargs)
-            treated = np.isin(data.labels, data.groups) & ~np.isin(
-                data.labels, [h.name for h in held_out]
+            held_names = [h.name for h in held_out]
+            lenders = np.sort(
+                np.concatenate([cells[g] for g in data.groups if g not in held_names])
             )
-            lenders = np.flatnonzero(data.is_source & treated)
             lenders_z = refit.get_latent_representation(adata, indices=lenders)
-            shared = data.shared([h.name for h in held_out])
+            shared = data.shared(held_names)
             for group in held_out:
                 predictions = {
                     "model": predicted_change(
@@ -254,15 +275,8 @@ def transfer_check(
                     for method, change in predictions.items()
                 }
                 scores += [{"group": group.name, "method": m, **s} for m, s in rows.items()]
-                best_shared = max(rows[m]["pearson_delta_deg"] for m in CHECK_METHODS[1:])
-                margins.append(
-                    {
-                        "group": group.name,
-                        "margin": rows["model"]["pearson_delta_deg"] - best_shared,
-                    }
-                )
                 covered = donor_coverage(
-                    refit.get_latent_representation(adata, indices=group.source_cells),
+                    refit.get_latent_representation(adata, indices=cells[group.name]),
                     lenders_z,
                     data.labels[lenders],
                 )
@@ -274,7 +288,12 @@ def transfer_check(
             del refit
             bar.update()
     bar.close()
-    verdicts = margin_verdicts(pd.DataFrame(margins))
+    for g in checked:
+        group = data.group(g)
+        changes_of[g].update(
+            real=group.real_change.tolist(), degs=np.flatnonzero(group.deg_mask).tolist()
+        )
+    verdicts = margin_verdicts(refit_margins(changes_of))
     verdicts["lent"] = pd.Series({g: float(np.mean(v)) for g, v in lent.items()})
     table = (
         pd.DataFrame(scores)
@@ -285,11 +304,6 @@ def transfer_check(
     )
     order = {g: i for i, g in enumerate(checked)}
     table = table.sort_values("group", key=lambda c: c.map(order), kind="stable", ignore_index=True)
-    for g in checked:
-        group = data.group(g)
-        changes_of[g].update(
-            real=group.real_change.tolist(), degs=np.flatnonzero(group.deg_mask).tolist()
-        )
     table.attrs.update(
         changes=changes_of,
         folds=[list(fold) for fold in folds],

@@ -30,7 +30,8 @@ def checked_transfer_se(check: pd.DataFrame, groups, n_genes: int) -> dict[str, 
     for g in groups:
         others = [c for h, c in changes.items() if h != g]
         residuals = [np.subtract(c["real"], c["model"]) for c in others]
-        out[g] = interval_se(residuals, [c["degs"] for c in others]) / np.log(2.0)
+        responses = [c["real"] for c in others]
+        out[g] = interval_se(residuals, [c["degs"] for c in others], responses) / np.log(2.0)
     return out
 
 
@@ -78,7 +79,8 @@ class DifferentialResponseMixin:
         uncertainty of a group never measured in ``target`` follows the check's calibration
         instead, as :func:`sctrvae.tl.hedge`'s intervals do: the spread over draws plus the
         held-out error of the check's refits on the checked groups (other than the group
-        itself), calibrated so that the worst-predicted checked group's DEGs are covered
+        itself), calibrated so that the worst-predicted refit's DEGs are covered, and, in
+        quadrature, the checked groups' between-group spread of response
         (:func:`sctrvae.tl.interval_se`), converted from natural-log to log2 units.
 
         With ``weights`` (e.g. from :func:`sctrvae.tl.hedge`), a group's response is hedged
