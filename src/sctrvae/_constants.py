@@ -103,8 +103,8 @@ MAX_STEPS = 4000
 CHECK_FOLDS = 2
 CHECK_REPEATS = 4
 #: The refits of a check share this many default training budgets (in optimiser steps); the
-#: predictions and set-up of each refit come on top: about three fits' time in all, more on
-#: large data, where each refit's set-up grows with the cells (3.4× at 200,000 cells).
+#: predictions and set-up of each refit come on top: about three fits' time in all (3.4× at
+#: 200,000 simulated cells).
 CHECK_BUDGET_FITS = 2.5
 #: Draws per cell of the check's predictions (a sampling readout, ``n_samples=None``): at most
 #: ``CHECK_MAX_DRAWS``, and no more than give each held-out group ``CHECK_GROUP_DRAWS`` draws. A

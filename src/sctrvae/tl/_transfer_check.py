@@ -140,9 +140,8 @@ def transfer_check(
     **Cost**: ``n_folds × n_repeats`` refits (default 8) that share 2.5 default training
     budgets (each refit runs ``2.5 / 8`` of the default step budget), plus their predictions
     and set-up: about 3× the wall time of ``model.train()`` on the same data (2.6–3.0× on
-    Kang and simulated patients, ``benchmarks/results/transfer_cost.md``; more on large data,
-    where each refit's set-up grows with the cells: 3.4× at 200,000 cells,
-    ``benchmarks/results/workflow_scale.md``). ``max_steps`` sets each
+    Kang and simulated patients, ``benchmarks/results/transfer_cost.md``; 3.4× at 200,000
+    simulated cells, ``benchmarks/results/workflow_scale.md``). ``max_steps`` sets each
     refit's steps instead; ``groups`` checks a few groups only (they are then the ones cut
     into folds; the other groups stay in every refit).
 
