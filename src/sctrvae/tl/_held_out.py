@@ -96,10 +96,14 @@ class GroupedData:
         """Groups with cells in both conditions."""
         return list(self.changes.index)
 
+    def source_cells(self, name: str) -> np.ndarray:
+        """Positions of group ``name``'s source cells."""
+        return np.flatnonzero(self.is_source & (self.labels == name))
+
     def group(self, name: str) -> HeldOutGroup:
         """The real cells' view of group ``name`` (DEGs computed once)."""
         if name not in self._held_out:
-            source = np.flatnonzero(self.is_source & (self.labels == name))
+            source = self.source_cells(name)
             target = np.flatnonzero(self.is_target & (self.labels == name))
             degs = top_degs(self.adata[target], self.adata[source], self.n_degs)
             self._held_out[name] = HeldOutGroup(

@@ -232,7 +232,7 @@ def transfer_check(
     # among the lenders when it is treated): all, or a random subset of CHECK_MAX_CELLS
     cells = {}
     for g in data.groups:
-        source = data.group(g).source_cells
+        source = data.source_cells(g)  # no DEGs ranked for groups that are not checked
         cells[g] = (
             source
             if source.size <= CHECK_MAX_CELLS
