@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import anndata as ad
@@ -276,3 +276,14 @@ def interval_se(
     responses = np.vstack(responses)
     spread = responses.std(axis=0, ddof=1) if len(responses) > 1 else 0.0
     return np.sqrt((scale * radius / z) ** 2 + spread**2)
+
+
+def checked_interval_se(checked: Iterable[Mapping]) -> np.ndarray:
+    """:func:`interval_se` calibrated on a transfer check's groups.
+
+    ``checked``: values of ``check.attrs["changes"]`` (each with ``"real"``, ``"model"`` per
+    refit and ``"degs"``), the groups that calibrate a new one.
+    """
+    checked = list(checked)
+    residuals = [np.subtract(c["real"], c["model"]) for c in checked]
+    return interval_se(residuals, [c["degs"] for c in checked], [c["real"] for c in checked])

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .._utils import hedged_change, interval_se, layer_matrix, written_rows
+from .._utils import checked_interval_se, hedged_change, layer_matrix, written_rows
 from ..metrics import log1p_normalize
 from ._coverage import donor_coverage
 from ._held_out import shared_changes
@@ -62,10 +62,7 @@ def hedged_change_se(
     change = hedged_change(model_change, shared_change, weight)
     if not checked:
         return change, None
-    residuals = [np.subtract(c["real"], c["model"]) for c in checked.values()]
-    calibrated = interval_se(
-        residuals, [c["degs"] for c in checked.values()], [c["real"] for c in checked.values()]
-    )
+    calibrated = checked_interval_se(checked.values())
     set_aside = (1.0 - weight) * np.abs(model_change - shared_change) / norm.ppf(0.95)
     return change, calibrated + set_aside
 

@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ..._utils import interval_se
+from ..._utils import checked_interval_se
 from .._counterfactual import paired_scales
 from .._differential import response_table
 from .._rollback import restores_adata_on_failure
@@ -28,10 +28,8 @@ def checked_transfer_se(check: pd.DataFrame, groups, n_genes: int) -> dict[str, 
         )
     out = {}
     for g in groups:
-        others = [c for h, c in changes.items() if h != g]
-        residuals = [np.subtract(c["real"], c["model"]) for c in others]
-        responses = [c["real"] for c in others]
-        out[g] = interval_se(residuals, [c["degs"] for c in others], responses) / np.log(2.0)
+        others = (c for h, c in changes.items() if h != g)
+        out[g] = checked_interval_se(others) / np.log(2.0)
     return out
 
 
