@@ -13,8 +13,9 @@ from scipy.stats import t as student_t
 import sctrvae
 from sctrvae._utils import pearson
 from sctrvae.metrics import log_normalized
-from sctrvae.tl import _transfer_check
-from sctrvae.tl._held_out import grouped_folds
+from sctrvae.model.base import _input_mixin
+from sctrvae.tl import _held_out, _transfer_check
+from sctrvae.tl._held_out import GroupedData, grouped_folds
 from sctrvae.tl._transfer_check import margin_verdicts, refit_margins
 
 HELD_OUT = "patient_3"
@@ -122,6 +123,40 @@ def test_grouped_folds_hold_every_group_out_once_per_repeat():
         grouped_folds(groups, 8, 1)
     with pytest.raises(ValueError, match="n_repeats"):
         grouped_folds(groups, 2, 0)
+
+
+def test_grouped_data_ranks_degs_on_a_seeded_subset_of_a_large_group(fitted, monkeypatch):
+    _, adata = fitted
+    obs_names = adata.obs_names
+    ranked = []
+    top_degs = _held_out.top_degs
+
+    def spy(real_target, real_source, n_genes):
+        ranked.append((list(real_target.obs_names), list(real_source.obs_names)))
+        return top_degs(real_target, real_source, n_genes)
+
+    monkeypatch.setattr(_held_out, "top_degs", spy)
+    args = (adata, "patient", "condition", "control", "stimulated", 10)
+    full = GroupedData(*args).group("patient_0")
+    assert GroupedData(*args, deg_cells=10_000).group("patient_0").deg_mask.sum() == 10
+    groups = [GroupedData(*args, deg_cells=20, random_state=seed) for seed in (0, 0, 1)]
+    subsets = [data.group("patient_0") for data in groups]
+    (all_target, all_source), (big_target, big_source), *seeded = ranked
+    obs = adata.obs
+    in_group = obs.patient == "patient_0"
+    assert all_target == list(obs_names[in_group & (obs.condition == "stimulated")])
+    assert all_source == list(obs_names[in_group & (obs.condition == "control")])
+    assert (big_target, big_source) == (all_target, all_source)  # small groups: every cell
+    for target, source in seeded:
+        assert len(target) == len(source) == 20
+        assert set(target) <= set(all_target)
+        assert set(source) <= set(all_source)
+    assert seeded[0] == seeded[1]  # the seed fixes the subset
+    assert seeded[0] != seeded[2]
+    # the change and baseline still read every cell
+    for group in subsets:
+        np.testing.assert_array_equal(group.real_change, full.real_change)
+        assert group.deg_mask.sum() == 10
 
 
 def test_margin_verdicts_call_only_what_the_refits_agree_on():
@@ -670,6 +705,22 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
         return donor_coverage(z, donors_z, donor_groups, *args)
 
     monkeypatch.setattr(_transfer_check, "donor_coverage", cover_spy)
+    ranked = []
+    top_degs = _held_out.top_degs
+
+    def degs_spy(real_target, real_source, n_genes):
+        ranked.append((real_target.n_obs, real_source.n_obs))
+        return top_degs(real_target, real_source, n_genes)
+
+    monkeypatch.setattr(_held_out, "top_degs", degs_spy)
+    validated = []
+    check_expression = _input_mixin.check_expression
+
+    def validation_spy(matrix, *args):
+        validated.append(matrix.shape[0])
+        return check_expression(matrix, *args)
+
+    monkeypatch.setattr(_input_mixin, "check_expression", validation_spy)
     monkeypatch.setattr(_transfer_check, "CHECK_MAX_CELLS", 30)
     store = sctrvae.TRVAEModel._setup_adata_manager_store
     before = len(store)
@@ -694,3 +745,10 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
         assert 1 <= len(lenders) <= 2
     # one registration for the refits' shared AnnData; none per prediction
     assert len(store) - before <= 1
+    # each checked group's DEGs ranked once, on at most CHECK_MAX_CELLS cells per condition
+    assert len(ranked) == len(by_group)
+    assert all(n == 30 for pair in ranked for n in pair)
+    # predictions and latents read the refits' own AnnData: the whole matrix is not
+    # validated again at each of them (only each predicted subset is)
+    assert validated
+    assert max(validated) == 30

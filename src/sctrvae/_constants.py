@@ -114,7 +114,8 @@ CHECK_MAX_DRAWS = 5
 CHECK_GROUP_DRAWS = 1_500
 #: Source cells of a group the check reads, at most (a random subset): it predicts them (scored
 #: against their own mean: the score reads the group's mean change, which 1,000 cells estimate
-#: about as well as 20,000) and places them among the lenders whose cover ``lent`` measures.
+#: about as well as 20,000), places them among the lenders whose cover ``lent`` measures, and
+#: ranks the group's DEGs on as many of its cells per condition.
 CHECK_MAX_CELLS = 1_000
 #: Two-sided level at which a check's verdict is called; a margin whose interval holds 0 is
 #: "undecided".

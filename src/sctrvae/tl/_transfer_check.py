@@ -158,7 +158,9 @@ def transfer_check(
     groups
         Groups to check; default every group with cells in both conditions.
     n_degs
-        Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored.
+        Top Wilcoxon DEGs (target vs source, real cells) of each group that are scored, ranked
+        on at most 1,000 of its cells per condition (a random subset; its mean change reads
+        every cell).
     readout, n_samples
         Readout of :meth:`~sctrvae.TRVAEModel.predict`. A prediction is scored on its group
         mean, so at most 1,000 of a group's source cells are predicted (a random subset, against
@@ -204,7 +206,16 @@ def transfer_check(
     """
     adata = model.adata if adata is None else adata
     condition_key = model.registry_["setup_args"]["condition_key"]
-    data = GroupedData(adata, groupby, condition_key, source, target, n_degs)
+    data = GroupedData(
+        adata,
+        groupby,
+        condition_key,
+        source,
+        target,
+        n_degs,
+        deg_cells=CHECK_MAX_CELLS,
+        random_state=random_state,
+    )
     checked = list(data.groups if groups is None else groups)
     missing = sorted(set(checked) - set(data.groups))
     if missing:
@@ -243,6 +254,7 @@ def transfer_check(
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
     # the caller's progress bar is the one line a check prints
     splits = train_kwargs.pop("datasplitter_kwargs", {})
+    # refits read their own AnnData: predicting and encoding it needs no new validation
     shared_data = sharing_matrices(adata)
     with quiet_fitting():
         for keep, held_out in data.folds(folds):
@@ -252,13 +264,13 @@ def transfer_check(
             lenders = np.sort(
                 np.concatenate([cells[g] for g in data.groups if g not in held_names])
             )
-            lenders_z = refit.get_latent_representation(adata, indices=lenders)
+            lenders_z = refit.get_latent_representation(shared_data, indices=lenders)
             shared = data.shared(held_names)
             for group in held_out:
                 predictions = {
                     "model": predicted_change(
                         refit,
-                        adata,
+                        shared_data,
                         group,
                         target,
                         readout,
@@ -275,7 +287,7 @@ def transfer_check(
                 }
                 scores += [{"group": group.name, "method": m, **s} for m, s in rows.items()]
                 covered = donor_coverage(
-                    refit.get_latent_representation(adata, indices=cells[group.name]),
+                    refit.get_latent_representation(shared_data, indices=cells[group.name]),
                     lenders_z,
                     data.labels[lenders],
                 )
