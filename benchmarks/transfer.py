@@ -273,7 +273,7 @@ def report(out: Path, options: str = "") -> str:
             f"triples): {stable:.0%} undecided or the same as on the other seeds; "
             f"{undecided:.0%} undecided.",
             "",
-            f"Cost in this run (not a timing run: other jobs ran beside it; alone, see "
+            f"Cost in this run (not a timing run, other jobs may have run beside it; alone, see "
             f"`transfer_cost.md`): the check took {ratio.median():.2f}× the fit's wall time "
             f"(median; {ratio.min():.2f}–{ratio.max():.2f}), {int(rows.refits.iloc[0])} refits "
             f"of {int(rows.refit_steps.median())} steps (median).",

@@ -102,16 +102,17 @@ MAX_STEPS = 4000
 #: its own from one that responds like the rest (``benchmarks/results/check_strength.md``).
 CHECK_FOLDS = 2
 CHECK_REPEATS = 4
-#: The refits of a check share this many default training budgets (in optimiser steps); the
-#: predictions and set-up of each refit come on top: about three fits' time in all (3.4× at
-#: 200,000 simulated cells).
-CHECK_BUDGET_FITS = 2.5
+#: The refits of a check share this many default training budgets (in optimiser steps); their
+#: predictions and set-up come on top. Two budgets leave a third fit for those and for the
+#: spread of wall times between runs, within the three fits' time a check may cost.
+CHECK_BUDGET_FITS = 2.0
 #: Draws per cell of the check's predictions (a sampling readout, ``n_samples=None``): at most
 #: ``CHECK_MAX_DRAWS``, and no more than give each held-out group ``CHECK_GROUP_DRAWS`` draws. A
-#: prediction is scored on its group mean: groups of up to 300 cells keep 5 draws per cell,
-#: groups of 1,500 cells or more one.
+#: prediction is scored on its group mean, whose Monte Carlo error over 750 draws (a few
+#: thousandths of a log unit) is far below a refit's: groups of up to 150 cells keep 5 draws
+#: per cell, groups of 750 cells or more one.
 CHECK_MAX_DRAWS = 5
-CHECK_GROUP_DRAWS = 1_500
+CHECK_GROUP_DRAWS = 750
 #: Source cells of a group the check reads, at most (a random subset): it predicts them (scored
 #: against their own mean: the score reads the group's mean change, which 1,000 cells estimate
 #: about as well as 20,000), places them among the lenders whose cover ``lent`` measures, and

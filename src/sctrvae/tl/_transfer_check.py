@@ -137,13 +137,14 @@ def transfer_check(
     small. Where the model does not beat the shared response on the groups you have, do not
     trust it on a group you have not measured.
 
-    **Cost**: ``n_folds × n_repeats`` refits (default 8) that share 2.5 default training
-    budgets (each refit runs ``2.5 / 8`` of the default step budget), plus their predictions
-    and set-up: about 3× the wall time of ``model.train()`` on the same data (2.6–3.0× on
-    Kang and simulated patients, ``benchmarks/results/transfer_cost.md``; 3.4× at 200,000
-    simulated cells, ``benchmarks/results/workflow_scale.md``). ``max_steps`` sets each
-    refit's steps instead; ``groups`` checks a few groups only (they are then the ones cut
-    into folds; the other groups stay in every refit).
+    **Cost**: ``n_folds × n_repeats`` refits (default 8) that share two default training
+    budgets (each refit runs a quarter of the default step budget), plus their predictions and
+    set-up: at most 3× the wall time of ``model.train()`` on the same data, 2.1× in the median
+    of ``benchmarks/results/transfer_cost.md`` (1.9–2.8× on Kang and simulated patients; run to
+    run, the same fit's wall time moves by up to 20% on a 2-core machine) and 1.85–2.41× at
+    20,000–200,000 simulated cells (``benchmarks/results/workflow_scale.md``). ``max_steps``
+    sets each refit's steps instead; ``groups`` checks a few groups only (they are then the
+    ones cut into folds; the other groups stay in every refit).
 
     Parameters
     ----------
@@ -166,7 +167,7 @@ def transfer_check(
         mean, so at most 1,000 of a group's source cells are predicted (a random subset, against
         its own mean; the same subset stands for the group among the lenders of ``lent``), and
         by default (``None``) a sampling readout draws per cell at most 5 and no more than give
-        the group 1,500 draws (5 up to 300 cells, 1 from 1,500).
+        the group 750 draws (5 up to 150 cells, 1 from 750).
     n_folds, n_repeats
         Folds per shuffle (each fold's groups are held out by one refit) and shuffles.
         ``n_folds=len(groups), n_repeats=1`` is leave-one-group-out.
