@@ -138,8 +138,8 @@ def test_grouped_data_ranks_degs_on_a_seeded_subset_of_a_large_group(fitted, mon
     monkeypatch.setattr(_held_out, "top_degs", spy)
     args = (adata, "patient", "condition", "control", "stimulated", 10)
     full = GroupedData(*args).group("patient_0")
-    assert GroupedData(*args, deg_cells=10_000).group("patient_0").deg_mask.sum() == 10
-    groups = [GroupedData(*args, deg_cells=20, random_state=seed) for seed in (0, 0, 1)]
+    assert GroupedData(*args, max_cells=10_000).group("patient_0").deg_mask.sum() == 10
+    groups = [GroupedData(*args, max_cells=20, random_state=seed) for seed in (0, 0, 1)]
     subsets = [data.group("patient_0") for data in groups]
     (all_target, all_source), (big_target, big_source), *seeded = ranked
     obs = adata.obs
@@ -709,7 +709,7 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
     top_degs = _held_out.top_degs
 
     def degs_spy(real_target, real_source, n_genes):
-        ranked.append((real_target.n_obs, real_source.n_obs))
+        ranked.append((real_target.n_obs, list(real_source.obs_names)))
         return top_degs(real_target, real_source, n_genes)
 
     monkeypatch.setattr(_held_out, "top_degs", degs_spy)
@@ -745,9 +745,12 @@ def test_the_check_predicts_a_subset_of_a_large_group_and_keeps_no_copy(fitted, 
         assert 1 <= len(lenders) <= 2
     # one registration for the refits' shared AnnData; none per prediction
     assert len(store) - before <= 1
-    # each checked group's DEGs ranked once, on at most CHECK_MAX_CELLS cells per condition
+    # each checked group's DEGs ranked once, on at most CHECK_MAX_CELLS cells per condition:
+    # its source side on the very cells the check predicts
     assert len(ranked) == len(by_group)
-    assert all(n == 30 for pair in ranked for n in pair)
+    assert all(n_target == 30 for n_target, _ in ranked)
+    predicted_names = sorted(list(model.adata.obs_names[c[0]]) for c in by_group.values())
+    assert sorted(source for _, source in ranked) == predicted_names
     # predictions and latents read the refits' own AnnData: the whole matrix is not
     # validated again at each of them (only each predicted subset is)
     assert validated

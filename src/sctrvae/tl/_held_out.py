@@ -70,11 +70,11 @@ class GroupedData:
     lognorm
         The cells' expression already log-normalised, for the changes and baselines (see
         :func:`~sctrvae.tl.group_changes`); DEGs are still ranked on the counts.
-    deg_cells
-        Rank a group's DEGs on at most this many of its cells per condition (a random subset;
-        default all). A top-50 ranking is settled long before thousands of cells, while a
-        Wilcoxon test of 12,000 against 12,000 cells takes seconds; the changes and baselines
-        always use every cell.
+    max_cells
+        Rank a group's DEGs on at most this many of its cells per condition (a random subset,
+        :meth:`capped`; default all). A top-50 ranking is settled long before thousands of
+        cells, while a Wilcoxon test of 12,000 against 12,000 cells takes seconds; the changes
+        and baselines always use every cell.
     random_state
         Seed of those subsets (each group's drawn from the seed and the group's position).
     """
@@ -88,11 +88,11 @@ class GroupedData:
         target: str,
         n_degs: int,
         lognorm: np.ndarray | None = None,
-        deg_cells: int | None = None,
+        max_cells: int | None = None,
         random_state: int | None = 0,
     ):
         self.adata, self.n_degs = adata, n_degs
-        self.deg_cells, self.random_state = deg_cells, random_state
+        self.max_cells, self.random_state = max_cells, random_state
         self.baseline, self.changes = group_changes(
             adata, groupby, condition_key, source, target, lognorm
         )
@@ -115,7 +115,7 @@ class GroupedData:
         if name not in self._held_out:
             source = self.source_cells(name)
             target = np.flatnonzero(self.is_target & (self.labels == name))
-            ranked = [self._deg_subset(cells, name) for cells in (target, source)]
+            ranked = [self.capped(cells, name) for cells in (target, source)]
             degs = top_degs(self.adata[ranked[0]], self.adata[ranked[1]], self.n_degs)
             self._held_out[name] = HeldOutGroup(
                 name,
@@ -127,12 +127,16 @@ class GroupedData:
             )
         return self._held_out[name]
 
-    def _deg_subset(self, cells: np.ndarray, name: str) -> np.ndarray:
-        """``cells``, or a random ``deg_cells`` of them, for ranking group ``name``'s DEGs."""
-        if self.deg_cells is None or cells.size <= self.deg_cells:
+    def capped(self, cells: np.ndarray, name: str) -> np.ndarray:
+        """``cells`` of group ``name``, or a random ``max_cells`` of them (sorted).
+
+        The same cells for the same group and seed: its DEGs are ranked on them, and
+        :func:`~sctrvae.tl.transfer_check` predicts the same source cells.
+        """
+        if self.max_cells is None or cells.size <= self.max_cells:
             return cells
         seed = None if self.random_state is None else [self.random_state, self.groups.index(name)]
-        return np.sort(np.random.default_rng(seed).choice(cells, self.deg_cells, replace=False))
+        return np.sort(np.random.default_rng(seed).choice(cells, self.max_cells, replace=False))
 
     def without_targets(self, held_out: Sequence[str]) -> np.ndarray:
         """Mask of the cells a fit that holds out ``held_out`` trains on."""

@@ -214,7 +214,7 @@ def transfer_check(
         source,
         target,
         n_degs,
-        deg_cells=CHECK_MAX_CELLS,
+        max_cells=CHECK_MAX_CELLS,
         random_state=random_state,
     )
     checked = list(data.groups if groups is None else groups)
@@ -239,17 +239,10 @@ def transfer_check(
             return n_samples
         return draws_per_cell(n_cells, CHECK_GROUP_DRAWS, CHECK_MAX_DRAWS)
 
-    rng = np.random.default_rng(random_state)
     # each group's source cells the check reads (predicted when the group is held out, placed
-    # among the lenders when it is treated): all, or a random subset of CHECK_MAX_CELLS
-    cells = {}
-    for g in data.groups:
-        source = data.source_cells(g)  # no DEGs ranked for groups that are not checked
-        cells[g] = (
-            source
-            if source.size <= CHECK_MAX_CELLS
-            else np.sort(rng.choice(source, CHECK_MAX_CELLS, replace=False))
-        )
+    # among the lenders when it is treated): all, or the random CHECK_MAX_CELLS its DEGs are
+    # ranked on (no DEGs ranked for groups that are not checked)
+    cells = {g: data.capped(data.source_cells(g), g) for g in data.groups}
     scores, lent = [], {}
     changes_of = {g: {"model": [], "mean_shift": [], "median_shift": []} for g in checked}
     bar = tqdm(total=len(folds), desc="transfer check", disable=not progress)
