@@ -88,3 +88,24 @@ def test_sparse_path_runs_on_cpu_only(monkeypatch):
     log_prob = meta.log_prob(counts.to("meta"))
     assert (log_prob.device.type, log_prob.shape) == ("meta", (4, 5))
     assert nonzero_calls == ["cpu"]
+
+
+@pytest.mark.parametrize("theta_shape", [(1, N_GENES), (N_CELLS, N_GENES)])
+@pytest.mark.parametrize("trained", ["mu", "theta"])
+def test_log_prob_sum_gradient_of_one_parameter_alone(theta_shape, trained):
+    # a frozen dispersion (or frozen means) gets no gradient, the other the same as scvi-tools'
+    logits, library, log_theta, counts = nb_inputs(theta_shape, 0)
+    grads = {}
+    for cls in (NegativeBinomial, SparseNegativeBinomial):
+        params = [logits.clone().requires_grad_(trained == "mu"), log_theta.clone()]
+        params[1].requires_grad_(trained == "theta")
+        mu = library * torch.softmax(params[0], -1)
+        dist = cls(mu=mu, theta=params[1].exp())
+        sparse = cls is SparseNegativeBinomial
+        per_cell = dist.log_prob_sum(counts) if sparse else dist.log_prob(counts).sum(-1)
+        per_cell.sum().backward()
+        grads[cls] = [p.grad for p in params]
+    expected, actual = grads[NegativeBinomial], grads[SparseNegativeBinomial]
+    trained_index = 0 if trained == "mu" else 1
+    assert actual[1 - trained_index] is None
+    torch.testing.assert_close(actual[trained_index], expected[trained_index], rtol=1e-9, atol=1e-7)

@@ -337,9 +337,11 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
             h = self.g2(y, *cats, cont=cont_covs)
         mean = self.mean_head(h)
         if self.condition_offset is not None:
-            # a one-hot product, not an index: its backward is a matmul, not a 7k-wide scatter
-            one_hot = nn.functional.one_hot(condition.reshape(-1).long(), self.n_conditions)
-            mean = mean + one_hot.to(mean.dtype) @ self.condition_offset.T
+            # rows gathered from a (conditions × genes) copy: the backward adds whole rows. A
+            # one-hot product took BLAS's slow skinny shapes (cells × 2 × genes), and indexing
+            # the genes × conditions parameter directly a strided scatter
+            rows = self.condition_offset.T.contiguous()
+            mean = mean + rows.index_select(0, condition.reshape(-1).long())
         if self.likelihood == "normal":
             # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
             return {"y": y, "px": NormalWithMean(mean, torch.ones_like(mean), normal_mu=mean)}
