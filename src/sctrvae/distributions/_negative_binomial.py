@@ -138,7 +138,6 @@ class _RowLogLikelihood(torch.autograd.Function):
         else:
             zero_terms = (theta * (log_theta - log_d)).sum(-1)
         count_terms, counts = _count_terms(value, mu, theta, log_d)
-        counts["d"] = d.reshape(-1).index_select(0, counts["flat"])
         counts["cells"] = counts["flat"] // mu.shape[-1]
         ctx.per_gene, ctx.names = per_gene, list(counts)
         ctx.save_for_backward(theta, d, log_d, *counts.values())
@@ -149,6 +148,7 @@ class _RowLogLikelihood(torch.autograd.Function):
     def backward(ctx, grad):
         theta, d, log_d, *saved = ctx.saved_tensors
         c = dict(zip(ctx.names, saved, strict=True))
+        c["d"] = c["mu"] + (c["theta"] + _EPS)
         grad_x = grad.index_select(0, c["cells"])
         ratio = theta / d  # θ / (θ + μ)
         grad_mu = grad_theta = None

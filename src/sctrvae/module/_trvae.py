@@ -341,7 +341,8 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
             # one-hot product took BLAS's slow skinny shapes (cells × 2 × genes), and indexing
             # the genes × conditions parameter directly a strided scatter
             rows = self.condition_offset.T.contiguous()
-            mean = mean + rows.index_select(0, condition.reshape(-1).long())
+            # in place: the output layer's backward does not read its output
+            mean = mean.add_(rows.index_select(0, condition.reshape(-1).long()))
         if self.likelihood == "normal":
             # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
             return {"y": y, "px": NormalWithMean(mean, torch.ones_like(mean), normal_mu=mean)}
