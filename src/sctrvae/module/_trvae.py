@@ -337,11 +337,9 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
             h = self.g2(y, *cats, cont=cont_covs)
         mean = self.mean_head(h)
         if self.condition_offset is not None:
-            # rows gathered from a (conditions × genes) copy: the backward adds whole rows. A
-            # one-hot product took BLAS's slow skinny shapes (cells × 2 × genes), and indexing
-            # the genes × conditions parameter directly a strided scatter
+            # rows of a conditions × genes copy, added in place (the output layer's backward
+            # does not read its output): a one-hot product ran in BLAS's slow skinny shapes
             rows = self.condition_offset.T.contiguous()
-            # in place: the output layer's backward does not read its output
             mean = mean.add_(rows.index_select(0, condition.reshape(-1).long()))
         if self.likelihood == "normal":
             # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
