@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import platform
+import subprocess
 import threading
 import warnings
 from collections.abc import Iterator
@@ -105,11 +106,29 @@ def report_header(
 
         lines += [
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-            f"{torch.__version__}, sctrvae {sctrvae.__version__}; total wall time "
-            f"{wall / 60:.1f} min.",
+            f"{torch.__version__}, sctrvae {sctrvae.__version__}{source_commit()}; total wall "
+            f"time {wall / 60:.1f} min.",
             "",
         ]
     return lines
+
+
+def source_commit() -> str:
+    """`` (commit abc1234)`` of the checkout that ran, ``+ changes`` if ``src/`` had any; or ``""``.
+
+    An editable install's version is the commit it was installed at, not the one that ran.
+    """
+    src = Path(__file__).resolve().parent.parent / "src"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return ""
+    return f" (commit {commit}{' + changes' if changed else ''})" if commit else ""
 
 
 @contextmanager
