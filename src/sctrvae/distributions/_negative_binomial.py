@@ -129,9 +129,10 @@ class _RowLogLikelihood(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, theta, value):
-        d = mu + (theta + _EPS)
+        theta_eps = theta + _EPS
+        d = mu + theta_eps
         log_d = torch.log(d)
-        log_theta = torch.log(theta + _EPS)
+        log_theta = torch.log(theta_eps)
         per_gene = theta.shape[0] == 1 < mu.shape[0]
         if per_gene:  # Σ_g θ_g (log θ_g - log d_cg): one product with the row
             zero_terms = (theta * log_theta).sum() - log_d @ theta[0]
@@ -154,16 +155,19 @@ class _RowLogLikelihood(torch.autograd.Function):
         grad_mu = grad_theta = None
         if ctx.needs_input_grad[1]:
             log_theta = torch.log(theta + _EPS) + theta / (theta + _EPS)
-            at_counts = grad_x * (torch.digamma(c["x"] + c["theta"]) - c["x"] / c["d"])
+            # ψ(θ) once per gene and gathered at the counts, as lgamma(θ) is in the forward
+            digamma_theta = (
+                torch.digamma(theta[0]).index_select(0, c["genes"])
+                if ctx.per_gene
+                else torch.digamma(c["theta"])
+            )
+            at_counts = grad_x * (
+                torch.digamma(c["x"] + c["theta"]) - digamma_theta - c["x"] / c["d"]
+            )
             if ctx.per_gene:
                 grad_theta = log_theta[0] * grad.sum() - grad @ log_d - grad @ ratio
-                genes = c["genes"]
-                grad_theta = grad_theta.index_add(0, genes, at_counts)
-                # ψ(θ) once per gene, times the upstream gradient summed over its counts
-                weight = torch.zeros_like(grad_theta).index_add_(0, genes, grad_x)
-                grad_theta = (grad_theta - weight * torch.digamma(theta[0])).unsqueeze(0)
+                grad_theta = grad_theta.index_add(0, c["genes"], at_counts).unsqueeze(0)
             else:
-                at_counts = at_counts - grad_x * torch.digamma(c["theta"])
                 grad_theta = (log_theta - log_d - ratio) * grad[:, None]
                 grad_theta.reshape(-1).index_add_(0, c["flat"], at_counts)
         if ctx.needs_input_grad[0]:
