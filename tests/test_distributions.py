@@ -109,3 +109,30 @@ def test_log_prob_sum_gradient_of_one_parameter_alone(theta_shape, trained):
     trained_index = 0 if trained == "mu" else 1
     assert actual[1 - trained_index] is None
     torch.testing.assert_close(actual[trained_index], expected[trained_index], rtol=1e-9, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_samples", [0, 3])
+@pytest.mark.parametrize("theta_shape", [(1, N_GENES), (N_CELLS, N_GENES)])
+def test_log_prob_sum_takes_the_loaders_positions(monkeypatch, n_samples, theta_shape):
+    # positions from a CSR minibatch, one stored zero among them: the same values and gradients
+    # as the likelihood's own scan, which then does not run (unless μ adds a sample axis)
+    logits, library, log_theta, counts = nb_inputs(theta_shape, n_samples)
+    positions = counts.reshape(-1).nonzero().squeeze(1)
+    zero = (counts.reshape(-1) == 0).nonzero()[0]
+    positions = torch.cat([positions, zero]).sort().values
+    scans = []
+    nonzero = torch.Tensor.nonzero
+    monkeypatch.setattr(
+        torch.Tensor, "nonzero", lambda self, *a, **k: scans.append(1) or nonzero(self, *a, **k)
+    )
+    results = []
+    for given in (None, positions):
+        params = [logits.clone().requires_grad_(), log_theta.clone().requires_grad_()]
+        mu = library * torch.softmax(params[0], -1)
+        dist = SparseNegativeBinomial(mu=mu, theta=params[1].exp())
+        per_cell = dist.log_prob_sum(counts, nonzero=given)
+        per_cell.sum().backward()
+        results.append([per_cell.detach(), *(p.grad for p in params)])
+    assert len(scans) == (2 if n_samples else 1)
+    for scanned, from_positions in zip(*results, strict=True):
+        torch.testing.assert_close(from_positions, scanned, rtol=1e-12, atol=1e-12)

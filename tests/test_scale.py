@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 import scvi
 import torch
+from scvi import REGISTRY_KEYS
 
 import sctrvae
 from sctrvae import DeviceResidentData, TRVAEModel
@@ -72,7 +73,7 @@ def test_device_resident_rows_match_the_matrix(data, dense):
     model = TRVAEModel(data, likelihood="normal")  # accepts the empty rows
     resident = DeviceResidentData(model.adata_manager, "cpu")
     rows = np.array([9, 0, 499, 5, 0, 250])
-    batch = resident.rows(torch.as_tensor(rows))
+    batch = resident.counts(torch.as_tensor(rows))[REGISTRY_KEYS.X_KEY]
     np.testing.assert_array_equal(batch.numpy(), x[rows])
     codes = data.obs["condition"].cat.codes.to_numpy()[rows]
     np.testing.assert_array_equal(resident.codes[torch.as_tensor(rows)].numpy().ravel(), codes)

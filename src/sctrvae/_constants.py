@@ -124,3 +124,7 @@ VERDICT_LEVEL = 0.9
 #: Smallest standard deviation of a margin between refits: two refits that happen to agree do
 #: not make a verdict certain.
 MIN_MARGIN_SD = 0.02
+
+#: Minibatch key of the flat (row-major) positions of the counts' non-zero entries, which the
+#: training loaders add where they densify CSR rows: the likelihood then skips its own scan.
+COUNT_POSITIONS_KEY = "X_nonzero"

@@ -11,6 +11,7 @@ from scvi.data import AnnDataManager
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 from torch.utils.data import DataLoader
 
+from ._count_positions import CSRCountsDataset
 from ._covariates import sampler_labels
 from ._device_data import DeviceResidentData, DeviceResidentDataset
 from ._sampler import ConditionBalancedSampler
@@ -81,7 +82,18 @@ class ConditionBalancedDataLoader(AnnDataLoader):
         if indices.dtype == bool:
             indices = np.flatnonzero(indices)
         self.indices = indices
-        if resident is None:
+        if (
+            resident is None
+            and data_and_attributes is None
+            and not load_sparse_tensor
+            and (
+                getattr(adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), "format", None)
+                == "csr"
+            )
+        ):
+            # dense rows and the positions of their non-zero counts, for the likelihood
+            self.dataset = CSRCountsDataset(adata_manager, indices)
+        elif resident is None:
             self.dataset = adata_manager.create_torch_dataset(
                 indices=indices,
                 data_and_attributes=data_and_attributes,

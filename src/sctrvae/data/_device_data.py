@@ -9,6 +9,8 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from torch.utils.data import Dataset
 
+from ._count_positions import csr_counts
+
 
 class DeviceResidentData:
     """Counts (CSR or dense) and condition codes of every cell, copied once to ``device``.
@@ -72,13 +74,17 @@ class DeviceResidentData:
         else:
             self.dense = torch.as_tensor(matrix.astype(np.float32, copy=False)).to(self.device)
 
-    def rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Dense float32 counts of ``rows`` (a long tensor on :attr:`device`)."""
+    def counts(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense float32 counts of ``rows`` (a long tensor on :attr:`device`), as a minibatch.
+
+        From CSR on CPU, the minibatch also holds its non-zero counts' positions
+        (:func:`~sctrvae.data._count_positions.csr_counts`).
+        """
         if self.dense is not None:
-            return self.dense[rows]
+            return {REGISTRY_KEYS.X_KEY: self.dense[rows]}
         if self.host is not None:
-            return torch.from_numpy(self.host[rows.numpy()].toarray())
-        return csr_rows(self.crow, self.col, self.val, rows, self.n_vars)
+            return csr_counts(self.host[rows.numpy()])
+        return {REGISTRY_KEYS.X_KEY: csr_rows(self.crow, self.col, self.val, rows, self.n_vars)}
 
 
 def csr_rows(
@@ -121,10 +127,7 @@ class DeviceResidentDataset(Dataset):
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         rows = self.indices[torch.as_tensor(positions, device=self.data.device)]
-        tensors = {
-            REGISTRY_KEYS.X_KEY: self.data.rows(rows),
-            REGISTRY_KEYS.BATCH_KEY: self.data.codes[rows],
-        }
+        tensors = {**self.data.counts(rows), REGISTRY_KEYS.BATCH_KEY: self.data.codes[rows]}
         if self.data.labels is not None:
             tensors[REGISTRY_KEYS.LABELS_KEY] = self.data.labels[rows]
         tensors.update({key: values[rows] for key, values in self.data.covariates.items()})

@@ -57,12 +57,22 @@ class SparseNegativeBinomial(NegativeBinomial):
         zero_terms = zero_terms.expand(value.shape).reshape(-1)
         return zero_terms.index_put((counts["flat"],), count_terms, accumulate=True).reshape(shape)
 
-    def log_prob_sum(self, value: torch.Tensor) -> torch.Tensor:
-        """``log_prob(value).sum(-1)``: the log-likelihood of each cell (and sample of ``μ``)."""
+    def log_prob_sum(
+        self, value: torch.Tensor, nonzero: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``log_prob(value).sum(-1)``: the log-likelihood of each cell (and sample of ``μ``).
+
+        ``nonzero``, optional: the flat (row-major) positions of ``value``'s non-zero entries,
+        where the caller has them at no cost (the training loaders add them to minibatches
+        densified from CSR rows); otherwise ``nonzero()`` finds them, a pass over ``value``.
+        Stored zeros among them are harmless: their terms are exactly 0.
+        """
         if value.device.type not in self.sparse_devices:
             return super().log_prob(value).sum(-1)
+        given_shape = value.shape
         value, mu, theta, shape = self._rows(value)
-        return _RowLogLikelihood.apply(mu, theta, value).reshape(shape[:-1])
+        nonzero = nonzero if given_shape == shape else None  # μ adds a sample axis: rescan
+        return _RowLogLikelihood.apply(mu, theta, value, nonzero).reshape(shape[:-1])
 
     def _rows(self, value: torch.Tensor):
         """Counts, means and dispersion as rows (sample axes flattened) × genes.
@@ -82,17 +92,19 @@ class SparseNegativeBinomial(NegativeBinomial):
         return value, mu, theta, shape
 
 
-def _count_terms(value, mu, theta, log_d):
+def _count_terms(value, mu, theta, log_d, flat=None):
     """The non-zero counts, and their terms beyond the zero count's.
 
     ``x (log μ - log(θ + μ)) + lgamma(x + θ) - lgamma(θ) - lgamma(x + 1)``, with ``log_d`` the
     dense ``log(θ + μ)``; a per-gene ``θ`` (one row) has its ``lgamma`` taken once per gene.
-    Returns the terms and a dict of the counts' flat positions (``flat``), genes, values
-    (``x``), means (``mu``) and dispersions (``theta``).
+    ``flat``: the counts' flat positions, when known; found here otherwise. Returns the terms
+    and a dict of the counts' flat positions (``flat``), genes, values (``x``), means (``mu``)
+    and dispersions (``theta``).
     """
     n_genes = value.shape[-1]
     # flat positions: one-dimensional gathers are cheaper than (cell, gene) pairs
-    flat = value.reshape(-1).nonzero().squeeze(1)
+    if flat is None:
+        flat = value.reshape(-1).nonzero().squeeze(1)
     counts = {"flat": flat, "genes": flat % n_genes}
     for key, dense in (("x", value), ("mu", mu), ("log_d", log_d)):
         counts[key] = dense.reshape(-1).index_select(0, flat)
@@ -115,7 +127,8 @@ def _count_terms(value, mu, theta, log_d):
 class _RowLogLikelihood(torch.autograd.Function):
     """Per-row negative binomial log-likelihood of ``value`` (rows × genes), backward written out.
 
-    ``μ`` and ``value`` are rows × genes, ``θ`` one row (per gene) or rows × genes. Autograd's
+    ``μ`` and ``value`` are rows × genes, ``θ`` one row (per gene) or rows × genes, ``flat``
+    the flat positions of ``value``'s non-zero entries or ``None``. Autograd's
     chain through the element-wise formula keeps and revisits a rows × genes array at every step
     (about twenty passes over a 128 × 7k minibatch, forward and backward); here the forward keeps
     ``θ + μ``, its log and the non-zero counts' values, and the backward makes one dense array
@@ -128,7 +141,7 @@ class _RowLogLikelihood(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mu, theta, value):
+    def forward(ctx, mu, theta, value, flat):
         theta_eps = theta + _EPS
         d = mu + theta_eps
         log_d = torch.log(d)
@@ -138,7 +151,7 @@ class _RowLogLikelihood(torch.autograd.Function):
             zero_terms = (theta * log_theta).sum() - log_d @ theta[0]
         else:
             zero_terms = (theta * (log_theta - log_d)).sum(-1)
-        count_terms, counts = _count_terms(value, mu, theta, log_d)
+        count_terms, counts = _count_terms(value, mu, theta, log_d, flat)
         counts["cells"] = counts["flat"] // mu.shape[-1]
         ctx.per_gene, ctx.names = per_gene, list(counts)
         ctx.save_for_backward(theta, d, log_d, *counts.values())
@@ -172,7 +185,7 @@ class _RowLogLikelihood(torch.autograd.Function):
                 grad_theta.reshape(-1).index_add_(0, c["flat"], at_counts)
         if ctx.needs_input_grad[0]:
             x = c["x"]
-            grad_mu = ratio.mul_(grad[:, None]).neg_()
+            grad_mu = ratio.mul_(grad.neg()[:, None])
             at_counts = grad_x * (x / (c["mu"] + _EPS) - x / c["d"])
             grad_mu.reshape(-1).index_add_(0, c["flat"], at_counts)
-        return grad_mu, grad_theta, None
+        return grad_mu, grad_theta, None, None

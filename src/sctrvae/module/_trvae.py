@@ -11,9 +11,9 @@ from scvi.distributions import ZeroInflatedNegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Normal
 
-from .._constants import Dispersion, Likelihood, MMDMode
+from .._constants import COUNT_POSITIONS_KEY, Dispersion, Likelihood, MMDMode
 from ..distributions._negative_binomial import SparseNegativeBinomial
 from ._covariates import covariate_tensors, mmd_strata
 from ._mmd import check_mmd_mode, pairwise_condition_mmd
@@ -335,12 +335,15 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         else:
             cats = torch.split(cat_covs, 1, dim=1) if cat_covs is not None else ()
             h = self.g2(y, *cats, cont=cont_covs)
-        mean = self.mean_head(h)
-        if self.condition_offset is not None:
-            # rows of a conditions × genes copy, added in place (the output layer's backward
-            # does not read its output): a one-hot product ran in BLAS's slow skinny shapes
-            rows = self.condition_offset.T.contiguous()
-            mean = mean.add_(rows.index_select(0, condition.reshape(-1).long()))
+        if self.condition_offset is None:
+            mean = self.mean_head(h)
+        else:
+            # bias + offset gathered per cell, the rows the product adds to: a one-hot product
+            # ran in BLAS's slow skinny shapes, adding them after it took two passes more
+            rows = self.mean_head.bias + self.condition_offset.T
+            rows = rows.index_select(0, condition.reshape(-1).long())
+            weight = self.mean_head.weight.T
+            mean = torch.addmm(rows, h, weight) if h.dim() == 2 else (h @ weight).add_(rows)
         if self.likelihood == "normal":
             # scvi-tools' Normal: get_normalized_expression reads the mean through `normal_mu`
             return {"y": y, "px": NormalWithMean(mean, torch.ones_like(mean), normal_mu=mean)}
@@ -370,10 +373,14 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         x = tensors[REGISTRY_KEYS.X_KEY]
         condition = tensors[REGISTRY_KEYS.BATCH_KEY]
         px = generative_outputs["px"]
-        log_px = px.log_prob_sum(x) if hasattr(px, "log_prob_sum") else px.log_prob(x).sum(-1)
+        if isinstance(px, SparseNegativeBinomial):  # given x's non-zero positions, if loaded
+            log_px = px.log_prob_sum(x, nonzero=tensors.get(COUNT_POSITIONS_KEY))
+        else:
+            log_px = px.log_prob(x).sum(-1)
         reconstruction = -log_px
         qz = inference_outputs["qz"]
-        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
+        variance = qz.scale.square()  # KL(q(z | x) || N(0, I)) in closed form
+        kl = 0.5 * (qz.loc.square() + variance - variance.log() - 1).sum(-1)
         labels = tensors.get(REGISTRY_KEYS.LABELS_KEY) if self.mmd_mode != "global" else None
         n_labels = self.n_labels or None
         if self.mmd_within_batch and self.mmd_mode != "global":
