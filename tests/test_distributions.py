@@ -76,7 +76,8 @@ def test_sparse_path_runs_on_cpu_only(monkeypatch):
     nonzero = torch.Tensor.nonzero
 
     def counting_nonzero(self, *args, **kwargs):
-        nonzero_calls.append(self.device.type)
+        if self.is_floating_point():  # a scan of the counts, not of a mask of non-zero ones
+            nonzero_calls.append(self.device.type)
         return nonzero(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "nonzero", counting_nonzero)
@@ -120,11 +121,15 @@ def test_log_prob_sum_takes_the_loaders_positions(monkeypatch, n_samples, theta_
     positions = counts.reshape(-1).nonzero().squeeze(1)
     zero = (counts.reshape(-1) == 0).nonzero()[0]
     positions = torch.cat([positions, zero]).sort().values
-    scans = []
+    scans = []  # scans of the counts for their non-zero entries
     nonzero = torch.Tensor.nonzero
-    monkeypatch.setattr(
-        torch.Tensor, "nonzero", lambda self, *a, **k: scans.append(1) or nonzero(self, *a, **k)
-    )
+
+    def counting_nonzero(self, *args, **kwargs):
+        if self.is_floating_point():  # not the mask of the counts other than 1
+            scans.append(self.numel())
+        return nonzero(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "nonzero", counting_nonzero)
     results = []
     for given in (None, positions):
         params = [logits.clone().requires_grad_(), log_theta.clone().requires_grad_()]
@@ -136,3 +141,20 @@ def test_log_prob_sum_takes_the_loaders_positions(monkeypatch, n_samples, theta_
     assert len(scans) == (2 if n_samples else 1)
     for scanned, from_positions in zip(*results, strict=True):
         torch.testing.assert_close(from_positions, scanned, rtol=1e-12, atol=1e-12)
+
+
+def test_non_integer_counts_keep_scvis_log_likelihood():
+    # the shortcut for counts of exactly 1 leaves 0.5, 1.5, ... to the log-gamma formula
+    logits, library, log_theta, counts = nb_inputs((1, N_GENES), 0)
+    counts = counts + 0.5 * (torch.arange(counts.numel()).reshape(counts.shape) % 3 == 0)
+    assert ((counts > 0) & (counts != counts.round())).any()
+    assert (counts == 1).any()
+    expected, expected_grads = log_prob_and_gradients(
+        NegativeBinomial, logits, library, log_theta, counts
+    )
+    actual, actual_grads = log_prob_and_gradients(
+        SparseNegativeBinomial, logits, library, log_theta, counts
+    )
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-7)
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-7)

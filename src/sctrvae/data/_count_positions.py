@@ -9,6 +9,7 @@ from scvi.data import AnnDataManager
 from torch.utils.data import Dataset
 
 from .._constants import COUNT_POSITIONS_KEY
+from .._threads import few_entries_on_one_thread
 
 
 def dense_counts(
@@ -23,13 +24,14 @@ def dense_counts(
     does, and no positions.
     """
     lengths = indptr.long().diff()
-    starts = torch.arange(lengths.numel()) * n_cols
-    positions = torch.repeat_interleave(starts, lengths) + indices
     dense = torch.zeros(lengths.numel() * n_cols, dtype=values.dtype)
-    dense.index_put_((positions,), values, accumulate=True)
-    batch = {REGISTRY_KEYS.X_KEY: dense.view(-1, n_cols)}
-    if bool((positions.diff() > 0).all()):  # sorted and distinct, as scipy keeps CSR
-        batch[COUNT_POSITIONS_KEY] = positions
+    with few_entries_on_one_thread(values.numel()):
+        starts = torch.arange(lengths.numel()) * n_cols
+        positions = torch.repeat_interleave(starts, lengths) + indices
+        dense.index_put_((positions,), values, accumulate=True)
+        batch = {REGISTRY_KEYS.X_KEY: dense.view(-1, n_cols)}
+        if bool((positions.diff() > 0).all()):  # sorted and distinct, as scipy keeps CSR
+            batch[COUNT_POSITIONS_KEY] = positions
     return batch
 
 

@@ -6,6 +6,7 @@ import torch
 from scvi.distributions import NegativeBinomial
 from torch.autograd.function import once_differentiable
 
+from .._threads import few_entries_on_one_thread
 from ._nb_sampling import sample_negative_binomial
 
 _EPS = 1e-8
@@ -96,7 +97,8 @@ def _count_terms(value, mu, theta, log_d, flat=None):
     """The non-zero counts, and their terms beyond the zero count's.
 
     ``x (log μ - log(θ + μ)) + lgamma(x + θ) - lgamma(θ) - lgamma(x + 1)``, with ``log_d`` the
-    dense ``log(θ + μ)``; a per-gene ``θ`` (one row) has its ``lgamma`` taken once per gene.
+    dense ``log(θ + μ)``; the log-gamma terms are ``log θ`` for ``x = 1``, and a per-gene ``θ``
+    (one row) has its ``lgamma`` taken once per gene.
     ``flat``: the counts' flat positions, when known; found here otherwise. Returns the terms
     and a dict of the counts' flat positions (``flat``), genes, values (``x``), means (``mu``)
     and dispersions (``theta``).
@@ -105,22 +107,30 @@ def _count_terms(value, mu, theta, log_d, flat=None):
     # flat positions: one-dimensional gathers are cheaper than (cell, gene) pairs
     if flat is None:
         flat = value.reshape(-1).nonzero().squeeze(1)
-    counts = {"flat": flat, "genes": flat % n_genes}
-    for key, dense in (("x", value), ("mu", mu), ("log_d", log_d)):
-        counts[key] = dense.reshape(-1).index_select(0, flat)
-    if theta.shape[0] == 1 < value.shape[0]:
-        counts["theta"] = theta[0].index_select(0, counts["genes"])
-        lgamma_theta = torch.lgamma(theta[0]).index_select(0, counts["genes"])
-    else:
-        counts["theta"] = theta.reshape(-1).index_select(0, flat)
-        lgamma_theta = torch.lgamma(counts["theta"])
-    x, theta_x = counts["x"], counts["theta"]
-    terms = (
-        x * (torch.log(counts["mu"] + _EPS) - counts.pop("log_d"))
-        + torch.lgamma(x + theta_x)
-        - lgamma_theta
-        - torch.lgamma(x + 1)
-    )
+    with few_entries_on_one_thread(flat.numel()):
+        cells = flat // n_genes  # one integer division (~3 ns an entry): genes from it
+        counts = {"flat": flat, "genes": flat - cells * n_genes, "cells": cells}
+        for key, dense in (("x", value), ("mu", mu), ("log_d", log_d)):
+            counts[key] = dense.reshape(-1).index_select(0, flat)
+        per_gene = theta.shape[0] == 1 < value.shape[0]
+        if per_gene:
+            counts["theta"] = theta[0].index_select(0, counts["genes"])
+        else:
+            counts["theta"] = theta.reshape(-1).index_select(0, flat)
+        # lgamma(x + θ) - lgamma(θ) - lgamma(x + 1) is log θ for a count of 1 (most non-zero
+        # counts): lgamma, ~4 ns an entry, runs on the other counts only
+        counts["rest"] = rest = (counts["x"] != 1).nonzero().squeeze(1)
+        x, theta_x = (counts[k].index_select(0, rest) for k in ("x", "theta"))
+        if per_gene:  # lgamma(θ) once per gene
+            genes = counts["genes"].index_select(0, rest)
+            lgamma_theta = torch.lgamma(theta[0]).index_select(0, genes)
+        else:
+            lgamma_theta = torch.lgamma(theta_x)
+        gamma_terms = torch.log(counts["theta"]).index_put_(
+            (rest,), torch.lgamma(x + theta_x) - lgamma_theta - torch.lgamma(x + 1)
+        )
+        log_ratio = torch.log(counts["mu"] + _EPS) - counts.pop("log_d")
+        terms = counts["x"] * log_ratio + gamma_terms
     return terms, counts
 
 
@@ -152,7 +162,6 @@ class _RowLogLikelihood(torch.autograd.Function):
         else:
             zero_terms = (theta * (log_theta - log_d)).sum(-1)
         count_terms, counts = _count_terms(value, mu, theta, log_d, flat)
-        counts["cells"] = counts["flat"] // mu.shape[-1]
         ctx.per_gene, ctx.names = per_gene, list(counts)
         ctx.save_for_backward(theta, d, log_d, *counts.values())
         return zero_terms.index_add(0, counts["cells"], count_terms)
@@ -162,30 +171,41 @@ class _RowLogLikelihood(torch.autograd.Function):
     def backward(ctx, grad):
         theta, d, log_d, *saved = ctx.saved_tensors
         c = dict(zip(ctx.names, saved, strict=True))
-        c["d"] = c["mu"] + (c["theta"] + _EPS)
-        grad_x = grad.index_select(0, c["cells"])
+        want_mu, want_theta = ctx.needs_input_grad[:2]
+        at_counts = {}
+        with few_entries_on_one_thread(c["flat"].numel()):
+            c["d"] = c["mu"] + (c["theta"] + _EPS)
+            grad_x = grad.index_select(0, c["cells"])
+            if want_theta:
+                # ψ(x + θ) - ψ(θ): 1 / θ for x = 1, ψ (~14 ns an entry) on the other counts only,
+                # ψ(θ) once per gene and gathered there, as lgamma(θ) is in the forward
+                rest = c["rest"]
+                x, theta_x = (c[k].index_select(0, rest) for k in ("x", "theta"))
+                digamma_theta = (
+                    torch.digamma(theta[0]).index_select(0, c["genes"].index_select(0, rest))
+                    if ctx.per_gene
+                    else torch.digamma(theta_x)
+                )
+                psi = (
+                    c["theta"]
+                    .reciprocal()
+                    .index_put_((rest,), torch.digamma(x + theta_x) - digamma_theta)
+                )
+                at_counts["theta"] = grad_x * (psi - c["x"] / c["d"])
+            if want_mu:
+                x = c["x"]
+                at_counts["mu"] = grad_x * (x / (c["mu"] + _EPS) - x / c["d"])
         ratio = theta / d  # θ / (θ + μ)
         grad_mu = grad_theta = None
-        if ctx.needs_input_grad[1]:
+        if want_theta:
             log_theta = torch.log(theta + _EPS) + theta / (theta + _EPS)
-            # ψ(θ) once per gene and gathered at the counts, as lgamma(θ) is in the forward
-            digamma_theta = (
-                torch.digamma(theta[0]).index_select(0, c["genes"])
-                if ctx.per_gene
-                else torch.digamma(c["theta"])
-            )
-            at_counts = grad_x * (
-                torch.digamma(c["x"] + c["theta"]) - digamma_theta - c["x"] / c["d"]
-            )
             if ctx.per_gene:
                 grad_theta = log_theta[0] * grad.sum() - grad @ log_d - grad @ ratio
-                grad_theta = grad_theta.index_add(0, c["genes"], at_counts).unsqueeze(0)
+                grad_theta = grad_theta.index_add(0, c["genes"], at_counts["theta"]).unsqueeze(0)
             else:
                 grad_theta = (log_theta - log_d - ratio) * grad[:, None]
-                grad_theta.reshape(-1).index_add_(0, c["flat"], at_counts)
-        if ctx.needs_input_grad[0]:
-            x = c["x"]
+                grad_theta.reshape(-1).index_add_(0, c["flat"], at_counts["theta"])
+        if want_mu:
             grad_mu = ratio.mul_(grad.neg()[:, None])
-            at_counts = grad_x * (x / (c["mu"] + _EPS) - x / c["d"])
-            grad_mu.reshape(-1).index_add_(0, c["flat"], at_counts)
+            grad_mu.reshape(-1).index_add_(0, c["flat"], at_counts["mu"])
         return grad_mu, grad_theta, None, None
