@@ -13,6 +13,7 @@ from scvi.train import TrainingPlan
 import sctrvae
 from sctrvae import TRVAEModel, _threads
 from sctrvae._constants import DEFAULT_LR, GENE_LR_SCALE, KL_WARMUP_STEPS, MIN_STEPS
+from sctrvae.train import _optimizer
 from sctrvae.train._training_plan import GENE_PARAMETERS, TRVAETrainingPlan, cosine_lr_factor
 from sctrvae.train._training_settings import step_budget, steps_per_epoch
 
@@ -87,6 +88,45 @@ def test_fused_adam_takes_the_plain_adam_step(trained):
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert not torch.equal(results[0][0], start[next(iter(start))])
+
+
+def test_small_parameter_groups_update_on_one_thread(trained, monkeypatch):
+    # a limit the test model's widest tensors exceed: its groups split into wide and small
+    model, _ = trained
+    monkeypatch.setattr(_threads, "ONE_THREAD_ENTRIES", 500)
+    monkeypatch.setattr(_optimizer, "ONE_THREAD_ENTRIES", 500)
+    plan = TRVAETrainingPlan(model.module, lr=3e-3, gene_lr_scale=10.0)
+    optimizer = plan.configure_optimizers()["optimizer"]
+    largest = [max(p.numel() for p in g["params"]) for g in optimizer.param_groups]
+    assert len(largest) == 4
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [3e-3, 3e-2]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
+        [p for p in model.module.parameters() if p.requires_grad]
+    )
+    threads, fused_adam = [], torch._fused_adam_
+    monkeypatch.setattr(
+        torch,
+        "_fused_adam_",
+        lambda *a, **k: threads.append(torch.get_num_threads()) or fused_adam(*a, **k),
+    )
+    start = {k: v.clone() for k, v in model.module.state_dict().items()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+
+        def closure():  # as Lightning passes it: forward and backward inside the step
+            optimizer.zero_grad()
+            loss = sum(p.square().sum() for p in model.module.parameters())
+            loss.backward()
+            return loss
+
+        loss = optimizer.step(closure)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        model.module.load_state_dict(start)
+    assert loss.requires_grad
+    assert threads == [2 if n > 500 else 1 for n in largest]
 
 
 def test_default_budget_is_in_optimiser_steps(sim):

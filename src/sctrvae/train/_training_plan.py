@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .._utils import mixing_score
 from ..module._covariates import covariate_tensors
+from ._optimizer import SizedGroupsAdam, split_by_size
 
 #: Epoch-level metrics, in the order of the accumulator; each is a mean over the epoch's cells.
 #: TRVAEModule has no global KL term, so scvi-tools' ``kl_global_*`` (always 0) is not logged.
@@ -57,7 +58,9 @@ class TRVAETrainingPlan(TrainingPlan):
     epoch (its value at the epoch's last step). ``on_step=True`` takes scvi-tools' path.
 
     Adam is the fused implementation where the parameters' device has one (CPU and CUDA): the
-    same update, a third of the time of the per-tensor loop on CPU.
+    same update, a third of the time of the per-tensor loop on CPU. Its parameter groups are
+    split by tensor size, the small tensors updating on one thread
+    (:class:`~sctrvae.train._optimizer.SizedGroupsAdam`).
 
     With ``log_mixing`` (default), every validation epoch also logs how well the conditions mix
     in ``y`` and in ``z`` among the validation cells (``mixing_y_validation``,
@@ -110,7 +113,10 @@ class TRVAETrainingPlan(TrainingPlan):
                 ]
             # no empty group where every per-gene (or every other) parameter is frozen
             groups = [g for g in groups if g["params"]] or groups[:1]
-            return optimizer_cls(
+            cls = optimizer_cls
+            if cls is torch.optim.Adam:
+                cls, groups = SizedGroupsAdam, split_by_size(groups) or groups
+            return cls(
                 groups, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
             )
 
