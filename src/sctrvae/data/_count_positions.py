@@ -54,7 +54,9 @@ class CSRCountsDataset(Dataset):
         self.indices = np.asarray(indices)
         self.backed = adata_manager.adata.isbacked
         others = [k for k in adata_manager.data_registry if k != REGISTRY_KEYS.X_KEY]
-        self.others = adata_manager.create_torch_dataset(indices, data_and_attributes=others)
+        self.others = adata_manager.create_torch_dataset(
+            indices=indices, data_and_attributes=others
+        )
 
     def __len__(self) -> int:
         return len(self.indices)
