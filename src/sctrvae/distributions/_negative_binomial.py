@@ -98,10 +98,11 @@ def _count_terms(value, mu, theta, log_d, flat=None):
 
     ``x (log μ - log(θ + μ)) + lgamma(x + θ) - lgamma(θ) - lgamma(x + 1)``, with ``log_d`` the
     dense ``log(θ + μ)``; the log-gamma terms are ``log θ`` for ``x = 1``, and a per-gene ``θ``
-    (one row) has its ``lgamma`` taken once per gene.
-    ``flat``: the counts' flat positions, when known; found here otherwise. Returns the terms
-    and a dict of the counts' flat positions (``flat``), genes, values (``x``), means (``mu``)
-    and dispersions (``theta``).
+    (one row) has its ``lgamma`` taken once per gene. ``flat``: the counts' flat positions, when
+    known; found here otherwise. Returns the terms and a dict of the counts' flat positions
+    (``flat``), genes, cells, values (``x``), means (``mu``), dispersions (``theta``) and the
+    positions among them of the counts other than 1 (``rest``). The work on the counts runs on
+    one thread where they are few (:func:`~sctrvae._threads.few_entries_on_one_thread`).
     """
     n_genes = value.shape[-1]
     # flat positions: one-dimensional gathers are cheaper than (cell, gene) pairs
