@@ -338,9 +338,8 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         if self.condition_offset is None:
             mean = self.mean_head(h)
         else:
-            # bias + offset looked up per cell, the rows the product adds to: a one-hot product
-            # ran in BLAS's slow skinny shapes, adding them after it took two passes more, and
-            # the lookup's backward sums per condition faster than index_select's
+            # bias + offset looked up per cell, the rows the product adds to (a one-hot product
+            # ran in BLAS's slow skinny shapes; adding them after it took two passes more)
             rows = self.mean_head.bias + self.condition_offset.T
             rows = nn.functional.embedding(condition.reshape(-1).long(), rows)
             weight = self.mean_head.weight.T
@@ -375,13 +374,11 @@ class TRVAEModule(PosteriorSamplingMixin, BaseModuleClass):
         condition = tensors[REGISTRY_KEYS.BATCH_KEY]
         px = generative_outputs["px"]
         if isinstance(px, SparseNegativeBinomial):  # given x's non-zero positions, if loaded
-            log_px = px.log_prob_sum(x, nonzero=tensors.get(COUNT_POSITIONS_KEY))
+            reconstruction = -px.log_prob_sum(x, nonzero=tensors.get(COUNT_POSITIONS_KEY))
         else:
-            log_px = px.log_prob(x).sum(-1)
-        reconstruction = -log_px
+            reconstruction = -px.log_prob(x).sum(-1)
         qz = inference_outputs["qz"]
-        variance = qz.scale.square()  # KL(q(z | x) || N(0, I)) in closed form
-        kl = 0.5 * (qz.loc.square() + variance - variance.log() - 1).sum(-1)
+        kl = 0.5 * (qz.loc.square() + qz.variance - qz.variance.log() - 1).sum(-1)  # to N(0, I)
         labels = tensors.get(REGISTRY_KEYS.LABELS_KEY) if self.mmd_mode != "global" else None
         n_labels = self.n_labels or None
         if self.mmd_within_batch and self.mmd_mode != "global":
