@@ -100,9 +100,10 @@ def _count_terms(value, mu, theta, log_d, flat=None):
     dense ``log(θ + μ)``; the log-gamma terms are ``log θ`` for ``x = 1``, and a per-gene ``θ``
     (one row) has its ``lgamma`` taken once per gene. ``flat``: the counts' flat positions, when
     known; found here otherwise. Returns the terms and a dict of the counts' flat positions
-    (``flat``), genes, cells, values (``x``), means (``mu``), dispersions (``theta``) and the
-    positions among them of the counts other than 1 (``rest``). The work on the counts runs on
-    one thread where they are few (:func:`~sctrvae._threads.few_entries_on_one_thread`).
+    (``flat``), genes, cells, values (``x``), means (``mu``), dispersions (``theta``), the
+    positions among them of the counts other than 1 (``rest``) and those counts' values,
+    dispersions and genes (``x_rest``, ``theta_rest``, ``genes_rest``). The work on the counts
+    runs on one thread where they are few (:func:`~sctrvae._threads.few_entries_on_one_thread`).
     """
     n_genes = value.shape[-1]
     # flat positions: one-dimensional gathers are cheaper than (cell, gene) pairs
@@ -121,10 +122,11 @@ def _count_terms(value, mu, theta, log_d, flat=None):
         # lgamma(x + θ) - lgamma(θ) - lgamma(x + 1) is log θ for a count of 1 (most non-zero
         # counts): lgamma, ~4 ns an entry, runs on the other counts only
         counts["rest"] = rest = (counts["x"] != 1).nonzero().squeeze(1)
-        x, theta_x = (counts[k].index_select(0, rest) for k in ("x", "theta"))
+        for key in ("x", "theta", "genes"):  # kept for the backward's digamma terms
+            counts[f"{key}_rest"] = counts[key].index_select(0, rest)
+        x, theta_x = counts["x_rest"], counts["theta_rest"]
         if per_gene:  # lgamma(θ) once per gene
-            genes = counts["genes"].index_select(0, rest)
-            lgamma_theta = torch.lgamma(theta[0]).index_select(0, genes)
+            lgamma_theta = torch.lgamma(theta[0]).index_select(0, counts["genes_rest"])
         else:
             lgamma_theta = torch.lgamma(theta_x)
         gamma_terms = torch.log(counts["theta"]).index_put_(
@@ -180,17 +182,16 @@ class _RowLogLikelihood(torch.autograd.Function):
             if want_theta:
                 # ψ(x + θ) - ψ(θ): 1 / θ for x = 1, ψ (~14 ns an entry) on the other counts only,
                 # ψ(θ) once per gene and gathered there, as lgamma(θ) is in the forward
-                rest = c["rest"]
-                x, theta_x = (c[k].index_select(0, rest) for k in ("x", "theta"))
+                x, theta_x = c["x_rest"], c["theta_rest"]
                 digamma_theta = (
-                    torch.digamma(theta[0]).index_select(0, c["genes"].index_select(0, rest))
+                    torch.digamma(theta[0]).index_select(0, c["genes_rest"])
                     if ctx.per_gene
                     else torch.digamma(theta_x)
                 )
                 psi = (
                     c["theta"]
                     .reciprocal()
-                    .index_put_((rest,), torch.digamma(x + theta_x) - digamma_theta)
+                    .index_put_((c["rest"],), torch.digamma(x + theta_x) - digamma_theta)
                 )
                 at_counts["theta"] = grad_x * (psi - c["x"] / c["d"])
             if want_mu:
